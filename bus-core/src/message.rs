@@ -1,0 +1,272 @@
+//! What is published ([`Message`]) and what is received ([`Delivery`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{Result, Topic};
+
+/// Message attributes: string keys and values, sorted by key.
+pub type Attributes = BTreeMap<String, String>;
+
+/// A message to publish: any bytes (empty allowed), string attributes and an optional ordering
+/// key. Messages with the same ordering key, from one publisher, reach a subscription in publish
+/// order where the backend declares [`Capabilities::ordering`](crate::Capabilities::ordering).
+///
+/// ```
+/// use bus_core::Message;
+///
+/// let message = Message::new("crash in boflow1")
+///     .with_attribute("severity", "high")
+///     .with_ordering_key("boflow1");
+/// assert_eq!(&message.payload[..], b"crash in boflow1");
+/// assert_eq!(message.attributes["severity"], "high");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The body, passed through unchanged.
+    pub payload: Bytes,
+    /// String key/value metadata.
+    pub attributes: Attributes,
+    /// Messages sharing a key are delivered in publish order (where supported).
+    pub ordering_key: Option<String>,
+}
+
+impl Message {
+    /// A message with this payload, no attributes and no ordering key.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            payload: payload.into(),
+            ..Message::default()
+        }
+    }
+
+    /// Adds (or replaces) an attribute.
+    pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the ordering key.
+    pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+
+    /// Payload plus attribute and ordering-key bytes: what limits such as
+    /// [`Capabilities::max_message_bytes`](crate::Capabilities::max_message_bytes) measure.
+    pub fn encoded_len(&self) -> usize {
+        self.payload.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + self.ordering_key.as_ref().map_or(0, String::len)
+    }
+}
+
+impl fmt::Debug for Message {
+    // Payloads can be megabytes of binary; show their size, not their bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("payload_len", &self.payload.len())
+            .field("attributes", &self.attributes)
+            .field("ordering_key", &self.ordering_key)
+            .finish()
+    }
+}
+
+impl From<Bytes> for Message {
+    fn from(payload: Bytes) -> Self {
+        Message::new(payload)
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(payload: Vec<u8>) -> Self {
+        Message::new(payload)
+    }
+}
+
+impl From<&'static str> for Message {
+    fn from(payload: &'static str) -> Self {
+        Message::new(payload)
+    }
+}
+
+impl From<String> for Message {
+    fn from(payload: String) -> Self {
+        Message::new(payload)
+    }
+}
+
+/// How a backend settles one delivery. Implemented by backends, called through
+/// [`Delivery::ack`] and [`Delivery::nack`]; users never call it directly.
+///
+/// Implementations must be idempotent: a second call for the same delivery (for example after a
+/// redelivery of the same message was already acked) must not fail.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Acker: Send + Sync + 'static {
+    /// The message was handled; do not deliver it again.
+    async fn ack(&self) -> Result<()>;
+    /// The message was not handled; deliver it again (with the attempt number increased).
+    async fn nack(&self) -> Result<()>;
+}
+
+/// One delivery of a message to a consumer.
+///
+/// Delivery is at-least-once: settle every delivery with [`ack`](Delivery::ack) (done) or
+/// [`nack`](Delivery::nack) (deliver again). A delivery that is dropped without either is
+/// redelivered once its subscription's ack deadline passes. Both consume the delivery.
+pub struct Delivery {
+    message: Message,
+    id: String,
+    attempt: u32,
+    topic: Topic,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// Made by backends: the message, the id the backend assigned on publish, the attempt number
+    /// (1 for the first delivery), the topic it was published to and how to settle it.
+    pub fn new(
+        message: Message,
+        id: impl Into<String>,
+        attempt: u32,
+        topic: Topic,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Delivery {
+            message,
+            id: id.into(),
+            attempt,
+            topic,
+            acker,
+        }
+    }
+
+    /// The message as published.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// The attributes.
+    pub fn attributes(&self) -> &Attributes {
+        &self.message.attributes
+    }
+
+    /// The ordering key, if the message had one.
+    pub fn ordering_key(&self) -> Option<&str> {
+        self.message.ordering_key.as_deref()
+    }
+
+    /// The id the backend assigned when the message was published; the same on every
+    /// redelivery, so it can be used to drop duplicates.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// 1 for the first delivery, 2 for the first redelivery, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The topic the message was published to.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Marks the message done: it is not delivered again on this subscription.
+    pub async fn ack(self) -> Result<()> {
+        self.acker.ack().await
+    }
+
+    /// Asks for redelivery (attempt + 1). After the subscription's `max_delivery_attempts` the
+    /// message goes to its dead-letter topic, if one is configured.
+    pub async fn nack(self) -> Result<()> {
+        self.acker.nack().await
+    }
+
+    /// Splits the delivery into its message and a handle that can still settle it, for code
+    /// that wants to own the payload (for example to decode it) before deciding.
+    pub fn into_parts(self) -> (Message, DeliveryHandle) {
+        let handle = DeliveryHandle {
+            id: self.id,
+            attempt: self.attempt,
+            topic: self.topic,
+            acker: self.acker,
+        };
+        (self.message, handle)
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("topic", &self.topic)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settling half of a [`Delivery`] whose message was taken out with
+/// [`Delivery::into_parts`].
+pub struct DeliveryHandle {
+    id: String,
+    attempt: u32,
+    topic: Topic,
+    acker: Box<dyn Acker>,
+}
+
+impl DeliveryHandle {
+    /// See [`Delivery::id`].
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// See [`Delivery::attempt`].
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// See [`Delivery::topic`].
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// See [`Delivery::ack`].
+    pub async fn ack(self) -> Result<()> {
+        self.acker.ack().await
+    }
+
+    /// See [`Delivery::nack`].
+    pub async fn nack(self) -> Result<()> {
+        self.acker.nack().await
+    }
+
+    /// Joins the message back into a [`Delivery`].
+    pub fn into_delivery(self, message: Message) -> Delivery {
+        Delivery::new(message, self.id, self.attempt, self.topic, self.acker)
+    }
+}
+
+impl fmt::Debug for DeliveryHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveryHandle")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,106 @@
+//! The three roles every backend implements: [`Publisher`], [`Subscriber`] and
+//! [`Subscription`]. They are object safe; conveniences live in [`SubscriberExt`] and
+//! [`SubscriptionExt`].
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::{Capabilities, Delivery, Message, Result, SubscriptionOptions, Topic};
+
+/// Publishes messages to topics.
+///
+/// `publish` returns once the broker has confirmed the message; `flush` and `close` wait for
+/// every publish in flight. After `close`, every call returns an
+/// [`ErrorKind::Closed`](crate::ErrorKind::Closed) error.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes one message and returns the id the backend assigned to it.
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<String>;
+
+    /// Waits until every publish started before this call is confirmed or failed.
+    async fn flush(&self) -> Result<()>;
+
+    /// Flushes, then releases the connection. Idempotent.
+    async fn close(&self) -> Result<()>;
+
+    /// What the backend supports and its limits.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// Creates (or attaches to) subscriptions.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    /// Attaches a consumer to the subscription `options.name` on `topic`, creating the
+    /// subscription if it does not exist yet (where the backend may). From its creation on, the
+    /// subscription keeps every message published to `topic` until it is acked.
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        options: SubscriptionOptions,
+    ) -> Result<Box<dyn Subscription>>;
+
+    /// Closes every subscription made by this subscriber. Idempotent.
+    async fn close(&self) -> Result<()>;
+
+    /// What the backend supports and its limits.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// One consumer attached to a subscription.
+///
+/// `receive` and `close` take `&self`, so one task can close a subscription while another is
+/// blocked in `receive`; the blocked call then returns an
+/// [`ErrorKind::Closed`](crate::ErrorKind::Closed) error promptly. Closing detaches the
+/// consumer; the subscription itself (and its messages) stays for the next consumer.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Subscription: Send + Sync {
+    /// Waits for the next delivery.
+    async fn receive(&self) -> Result<Delivery>;
+
+    /// Detaches this consumer. Deliveries already received can still be acked or nacked.
+    /// Idempotent.
+    async fn close(&self) -> Result<()>;
+}
+
+/// Conveniences for every [`Subscriber`].
+#[async_trait]
+pub trait SubscriberExt: Subscriber {
+    /// Subscribes with default options for the subscription `name`.
+    async fn subscribe_named(&self, topic: &Topic, name: &str) -> Result<Box<dyn Subscription>> {
+        self.subscribe(topic, SubscriptionOptions::new(name)?).await
+    }
+}
+
+impl<S: Subscriber + ?Sized> SubscriberExt for S {}
+
+/// Conveniences for every [`Subscription`].
+pub trait SubscriptionExt: Subscription {
+    /// The deliveries as a [`Stream`], which ends when the subscription is closed.
+    ///
+    /// ```
+    /// # async fn example(subscription: &dyn bus_core::Subscription) -> bus_core::Result<()> {
+    /// use bus_core::SubscriptionExt;
+    /// use futures::StreamExt;
+    ///
+    /// let mut deliveries = std::pin::pin!(subscription.deliveries());
+    /// while let Some(delivery) = deliveries.next().await {
+    ///     let delivery = delivery?;
+    ///     println!("{:?}", delivery.payload());
+    ///     delivery.ack().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn deliveries(&self) -> impl Stream<Item = Result<Delivery>> + Send + '_ {
+        futures::stream::unfold(self, |subscription| async move {
+            match subscription.receive().await {
+                Err(e) if e.kind() == crate::ErrorKind::Closed => None,
+                item => Some((item, subscription)),
+            }
+        })
+    }
+}
+
+impl<S: Subscription + ?Sized> SubscriptionExt for S {}
