@@ -1,0 +1,169 @@
+//! Starts a real Mosquitto for a test binary: its own config in a temp dir, a free port on
+//! 127.0.0.1, persistence in that dir. It can be stopped and restarted on the same port and data
+//! dir (for fault tests), and it dies with the test process, even after a panic.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::process::WatchedProcess;
+
+/// How to install Mosquitto, repeated in every "not found" failure.
+pub const INSTALL_HINT: &str =
+    "install it with `apt-get install -y mosquitto mosquitto-clients` (Debian/Ubuntu), or point the suite at a running broker with BUS_TEST_MQTT_URL=mqtt://HOST:PORT";
+
+/// A Mosquitto process owned by the test binary.
+pub struct Mosquitto {
+    binary: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    process: WatchedProcess,
+}
+
+impl Mosquitto {
+    /// The broker of this test binary, started on first use and shared by its tests.
+    pub fn shared() -> &'static Mosquitto {
+        static BROKER: OnceLock<Mosquitto> = OnceLock::new();
+        BROKER.get_or_init(Mosquitto::start)
+    }
+
+    /// Writes the config and starts the broker; panics with [`INSTALL_HINT`] if `mosquitto`
+    /// is not installed, or with the broker's log if it does not come up.
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_with(|_| String::new())
+    }
+
+    /// Like [`Mosquitto::start`], with extra config lines, made from the data dir (for
+    /// password files, ACLs and certificates written there).
+    pub fn start_with(extra_config: impl FnOnce(&Path) -> String) -> Mosquitto {
+        let binary = which("mosquitto")
+            .unwrap_or_else(|| panic!("the `mosquitto` broker is not installed: {INSTALL_HINT}"));
+        let dir = tempfile::tempdir().expect("temp dir for mosquitto");
+        let port = free_port();
+        let extra = extra_config(dir.path());
+        let listener = if extra.contains("listener ") {
+            String::new()
+        } else {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n")
+        };
+        // Run as root, Mosquitto switches to the `mosquitto` user, which cannot write to our
+        // temp dir: persistence and the log would silently fail. Keep the current user.
+        let user = if running_as_root() { "user root\n" } else { "" };
+        let config = format!(
+            "# Written by bus-testkit for one test binary.\n\
+             {user}\
+             {listener}\
+             persistence true\n\
+             persistence_location {data}/\n\
+             autosave_interval 1\n\
+             # Mosquitto silently drops QoS 1 messages beyond max_queued_messages (default 1000)\n\
+             # for a subscriber that falls behind: no limit here.\n\
+             max_queued_messages 0\n\
+             max_queued_bytes 0\n\
+             # Advertised as MQTT 5 receive-maximum; the default of 20 throttles publishers.\n\
+             max_inflight_messages 0\n\
+             log_dest file {data}/mosquitto.log\n\
+             log_type error\n\
+             log_type warning\n\
+             log_type notice\n\
+             {extra}\n",
+            data = dir.path().display(),
+            extra = extra.replace("{port}", &port.to_string()),
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
+        let broker = Mosquitto {
+            binary,
+            port,
+            dir,
+            process: WatchedProcess::new(),
+        };
+        broker.launch();
+        broker
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The data dir (config, persistence, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        read("mosquitto.conf.stderr") + &read("mosquitto.log")
+    }
+
+    /// Graceful stop (SIGTERM: Mosquitto saves its persistence file), waiting until it exited.
+    pub fn stop(&self) {
+        self.process.stop();
+    }
+
+    /// Starts the broker again on the same port with the same data dir.
+    pub fn restart(&self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn launch(&self) {
+        let config = self.dir.path().join("mosquitto.conf");
+        let command = format!("'{}' -c '{}'", self.binary.display(), config.display());
+        self.process
+            .start(&command, &self.dir.path().join("mosquitto.conf.stderr"));
+        self.process.wait_until(
+            Duration::from_secs(10),
+            || TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            || {
+                format!(
+                    "mosquitto did not start on port {}; its log:\n{}",
+                    self.port,
+                    self.log()
+                )
+            },
+        );
+    }
+
+    /// Appends to the broker's config (takes effect on the next [`restart`](Self::restart)).
+    pub fn append_config(&self, lines: &str) {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("mosquitto.conf"))
+            .expect("open mosquitto.conf");
+        writeln!(file, "{lines}").expect("append to mosquitto.conf");
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// The full path of `program` on `PATH` (or in /usr/sbin, where Debian puts mosquitto).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
