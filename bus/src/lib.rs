@@ -1,0 +1,325 @@
+//! **bus**: one publish/subscribe contract, interchangeable transports.
+//!
+//! Services program against [`Publisher`], [`Subscriber`] and [`Subscription`] (from
+//! `bus-core`, re-exported here) and choose the transport in configuration: a `bus.toml` file
+//! plus `BUS_`-prefixed environment variables. Switching from the embedded in-memory broker to
+//! MQTT or Google Cloud Pub/Sub is a config change, never a code change.
+//!
+//! ```
+//! use bus::{Config, Message, SubscriptionOptions, Topic};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> bus::Result<()> {
+//! let config = Config::load()?; // bus.toml (if present) + BUS_* env vars; default: memory
+//! let bus = bus::connect(&config).await?;
+//!
+//! let topic = Topic::new("python/mqtt")?;
+//! let subscription = bus
+//!     .subscriber
+//!     .subscribe(&topic, SubscriptionOptions::new("consume")?)
+//!     .await?;
+//! bus.publisher.publish(&topic, Message::new("Hello")).await?;
+//!
+//! let delivery = subscription.receive().await?;
+//! println!("got {:?}", delivery.payload());
+//! delivery.ack().await?;
+//! bus.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Configuration
+//!
+//! ```toml
+//! backend = "memory"          # memory | mqtt | gcp
+//!
+//! [memory]
+//! max_queued_bytes = 67108864 # per subscription; publishers wait beyond it
+//! ```
+//!
+//! Every key can be set or overridden by an environment variable: `BUS_` followed by the key
+//! path in capitals with `__` between levels, e.g. `BUS_BACKEND=memory`,
+//! `BUS_MEMORY__MAX_QUEUED_BYTES=1048576`. `BUS_CONFIG` names the file (default `bus.toml`
+//! in the working directory, optional); variables starting with `BUS_TEST_` are left to the
+//! test suite.
+//!
+//! Invalid configuration is an [`ErrorKind::Config`] error naming the key, where its value came
+//! from (file or environment variable) and the fix.
+#![deny(missing_docs)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use bus_core::*;
+
+/// The in-memory backend (always available).
+pub use bus_memory as memory;
+
+/// The MQTT backend (Cargo feature `mqtt`).
+#[cfg(feature = "mqtt")]
+pub use bus_mqtt as mqtt;
+
+/// The Google Cloud Pub/Sub backend (Cargo feature `gcp`).
+#[cfg(feature = "gcp")]
+pub use bus_gcp as gcp;
+
+/// Name of the environment variable that points at the config file.
+pub const CONFIG_PATH_VAR: &str = "BUS_CONFIG";
+
+/// The config file read when [`CONFIG_PATH_VAR`] is not set.
+pub const DEFAULT_CONFIG_FILE: &str = "bus.toml";
+
+/// Which transport to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The in-process broker (`bus-memory`); the default.
+    #[default]
+    Memory,
+    /// MQTT 5 through rumqttc (`bus-mqtt`, Cargo feature `mqtt`).
+    Mqtt,
+    /// Google Cloud Pub/Sub (`bus-gcp`, Cargo feature `gcp`).
+    Gcp,
+}
+
+impl BackendKind {
+    /// The name used in config files and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Mqtt => "mqtt",
+            BackendKind::Gcp => "gcp",
+        }
+    }
+}
+
+/// The whole bus configuration: which backend, and each backend's own section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The transport: `memory` (default), `mqtt` or `gcp`.
+    pub backend: BackendKind,
+    /// `[memory]`: the in-process broker.
+    pub memory: memory::MemoryConfig,
+    /// `[mqtt]`: read by the MQTT backend when it is compiled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<figment::value::Dict>,
+    /// `[gcp]`: read by the Pub/Sub backend when it is compiled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<figment::value::Dict>,
+    /// Where the configuration came from, for error messages and backend sections.
+    #[serde(skip)]
+    origin: Origin,
+}
+
+/// Where a loaded config came from.
+#[derive(Debug, Clone, Default)]
+struct Origin {
+    figment: Option<Figment>,
+    backend: Option<String>,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, other: &Self) -> bool {
+        self.backend == other.backend
+    }
+}
+
+impl Config {
+    /// Loads `bus.toml` (or the file named by `BUS_CONFIG`) if it exists, then applies `BUS_*`
+    /// environment variables over it. With neither, the defaults: the in-memory backend.
+    pub fn load() -> Result<Config> {
+        match std::env::var_os(CONFIG_PATH_VAR) {
+            Some(path) => Config::load_from(PathBuf::from(path)),
+            None => Config::from_figment(Config::figment(Path::new(DEFAULT_CONFIG_FILE))),
+        }
+    }
+
+    /// Loads the given file, which must exist, then applies `BUS_*` environment variables.
+    pub fn load_from(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::config(
+                "bus",
+                format!(
+                    "config file {} does not exist (named by {CONFIG_PATH_VAR} or the caller); create it or point {CONFIG_PATH_VAR} at an existing file",
+                    path.display()
+                ),
+            ));
+        }
+        Config::from_figment(Config::figment(path))
+    }
+
+    /// The figment the loaders use: the TOML file (optional) merged with `BUS_*` variables.
+    /// Add providers to it and pass it to [`Config::from_figment`] to customise loading.
+    pub fn figment(path: &Path) -> Figment {
+        Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed("BUS_").split("__").filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                key != "config" && !key.starts_with("test_")
+            }))
+    }
+
+    /// Extracts a config from any figment, turning its errors into [`ErrorKind::Config`]
+    /// errors that name the key, its source and the fix.
+    pub fn from_figment(figment: Figment) -> Result<Config> {
+        let mut config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.origin.backend = figment
+            .find_metadata("backend")
+            .map(|metadata| source_of(metadata, &["backend".to_string()]));
+        config.origin.figment = Some(figment);
+        Ok(config)
+    }
+
+    /// Deserialises one section (such as `mqtt`) into a backend's config type, with the same
+    /// errors as [`Config::from_figment`]: a missing required key is named with its environment
+    /// variable, e.g. `gcp.project` / `BUS_GCP__PROJECT`. A config built in code (not loaded)
+    /// reads the section from its field.
+    pub fn section<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T> {
+        let figment = match &self.origin.figment {
+            Some(figment) => figment.clone(),
+            None => Figment::from(figment::providers::Serialized::defaults(self)),
+        };
+        figment
+            .focus(key)
+            .extract::<T>()
+            .map_err(|e| describe_figment_error(e.with_path(key)))
+    }
+
+    /// Where `backend` was set, e.g. ``environment variable `BUS_BACKEND` ``; "the default"
+    /// when it was not set.
+    pub fn backend_origin(&self) -> &str {
+        self.origin.backend.as_deref().unwrap_or("the default")
+    }
+}
+
+/// A connected bus: a publisher and a subscriber on the configured backend.
+pub struct Bus {
+    /// Publishes to the configured backend.
+    pub publisher: Box<dyn Publisher>,
+    /// Subscribes on the configured backend.
+    pub subscriber: Box<dyn Subscriber>,
+}
+
+impl Bus {
+    /// Closes the publisher (flushing what is in flight) and the subscriber.
+    pub async fn close(&self) -> Result<()> {
+        let published = self.publisher.close().await;
+        self.subscriber.close().await?;
+        published
+    }
+}
+
+/// Connects to the backend the config names.
+///
+/// Asking for a backend whose Cargo feature is not enabled is an [`ErrorKind::Config`] error
+/// naming the feature.
+pub async fn connect(config: &Config) -> Result<Bus> {
+    match config.backend {
+        BackendKind::Memory => {
+            let broker = memory::MemoryBroker::shared(config.memory.clone())?;
+            Ok(Bus {
+                publisher: Box::new(broker.publisher()),
+                subscriber: Box::new(broker.subscriber()),
+            })
+        }
+        #[cfg(feature = "mqtt")]
+        BackendKind::Mqtt => {
+            let mqtt: mqtt::MqttConfig = config.section("mqtt")?;
+            Ok(Bus {
+                publisher: Box::new(mqtt::MqttPublisher::connect(&mqtt).await?),
+                subscriber: Box::new(mqtt::MqttSubscriber::new(&mqtt)?),
+            })
+        }
+        #[cfg(not(feature = "mqtt"))]
+        BackendKind::Mqtt => Err(missing_feature(config, BackendKind::Mqtt)),
+        #[cfg(feature = "gcp")]
+        BackendKind::Gcp => {
+            let gcp: gcp::GcpConfig = config.section("gcp")?;
+            let backend = gcp::GcpBackend::connect(&gcp).await?;
+            Ok(Bus {
+                publisher: Box::new(backend.publisher()),
+                subscriber: Box::new(backend.subscriber()),
+            })
+        }
+        #[cfg(not(feature = "gcp"))]
+        BackendKind::Gcp => Err(missing_feature(config, BackendKind::Gcp)),
+    }
+}
+
+#[cfg_attr(all(feature = "mqtt", feature = "gcp"), allow(dead_code))]
+fn missing_feature(config: &Config, kind: BackendKind) -> Error {
+    let name = kind.as_str();
+    Error::config(
+        "bus",
+        format!(
+            "backend = \"{name}\" (from {}) needs the `{name}` feature of the `bus` crate, which this build does not have; depend on bus with features = [\"{name}\"], or choose backend = \"memory\"",
+            config.backend_origin()
+        ),
+    )
+}
+
+/// Names where a key's value came from: the file path or the environment variable.
+fn source_of(metadata: &figment::Metadata, path: &[String]) -> String {
+    match &metadata.source {
+        Some(figment::Source::File(file)) => format!("file {}", file.display()),
+        _ if metadata.name.contains("environment") => {
+            let var = format!("BUS_{}", path.join("__").to_ascii_uppercase());
+            format!("environment variable `{var}`")
+        }
+        Some(other) => format!("{} {other}", metadata.name),
+        None => metadata.name.to_string(),
+    }
+}
+
+fn describe_figment_error(error: figment::Error) -> Error {
+    use figment::error::Kind;
+    let mut text = String::new();
+    for (i, e) in error.into_iter().enumerate() {
+        if i > 0 {
+            text.push_str("; ");
+        }
+        let key = e.path.join(".");
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| source_of(m, &e.path))
+            .unwrap_or_else(|| "the defaults".into());
+        let _ = match &e.kind {
+            // The path already ends with the unknown field.
+            Kind::UnknownField(_, expected) => write!(
+                text,
+                "unknown config key `{key}` in {source}; expected one of: {}. Remove it or fix its spelling",
+                expected.join(", ")
+            ),
+            Kind::UnknownVariant(found, expected) => write!(
+                text,
+                "config key `{key}` = {found:?} (from {source}) is not one of: {}; set it to one of those",
+                expected.join(", ")
+            ),
+            Kind::MissingField(field) => {
+                let full = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                let var = format!("BUS_{}", full.replace('.', "__").to_ascii_uppercase());
+                write!(
+                    text,
+                    "required config key `{full}` is missing; set it in {DEFAULT_CONFIG_FILE} or with the environment variable `{var}`"
+                )
+            }
+            Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => write!(
+                text,
+                "config key `{key}` (from {source}) has the wrong type: found {actual}, expected {expected}; fix the value"
+            ),
+            other => write!(text, "config key `{key}` (from {source}): {other}"),
+        };
+    }
+    // The figment error is not attached as the source: its text would repeat all of the above.
+    Error::config("bus", text)
+}

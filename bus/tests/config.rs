@@ -1,0 +1,233 @@
+//! Config loading: file, environment, precedence, and errors that name key, source and fix.
+// figment::Jail closures return figment's own (large) error type; that is its API.
+#![allow(clippy::result_large_err)]
+
+use bus::{BackendKind, Config, ErrorKind};
+use figment::Jail;
+
+fn config_error(jail_setup: impl FnOnce(&mut Jail) -> figment::error::Result<()>) -> String {
+    let mut message = String::new();
+    Jail::expect_with(|jail| {
+        jail_setup(jail)?;
+        let err = Config::load().expect_err("config must be rejected");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        message = err.to_string();
+        Ok(())
+    });
+    message
+}
+
+#[test]
+fn defaults_to_memory_without_file_or_env() {
+    Jail::expect_with(|_| {
+        let config = Config::load().expect("defaults");
+        assert_eq!(config.backend, BackendKind::Memory);
+        assert_eq!(config.backend_origin(), "the default");
+        Ok(())
+    });
+}
+
+#[test]
+fn reads_the_file_and_env_overrides_it() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "bus.toml",
+            r#"
+                backend = "memory"
+                [memory]
+                name = "from-file"
+                max_queued_bytes = 20000000
+            "#,
+        )?;
+        jail.set_env("BUS_MEMORY__NAME", "from-env");
+        let config = Config::load().expect("valid");
+        assert_eq!(config.memory.name, "from-env");
+        assert_eq!(config.memory.max_queued_bytes, 20_000_000);
+        assert!(
+            config.backend_origin().contains("bus.toml"),
+            "{}",
+            config.backend_origin()
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn backend_selector_deserialises_from_env() {
+    Jail::expect_with(|jail| {
+        jail.create_file("bus.toml", "backend = \"gcp\"")?;
+        jail.set_env("BUS_BACKEND", "memory");
+        assert_eq!(Config::load().expect("valid").backend, BackendKind::Memory);
+        jail.set_env("BUS_BACKEND", "mqtt");
+        let config = Config::load().expect("valid");
+        assert_eq!(config.backend, BackendKind::Mqtt);
+        assert_eq!(
+            config.backend_origin(),
+            "environment variable `BUS_BACKEND`"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn config_path_can_be_overridden() {
+    Jail::expect_with(|jail| {
+        jail.create_file("other.toml", "[memory]\nname = \"other\"")?;
+        jail.set_env("BUS_CONFIG", "other.toml");
+        assert_eq!(Config::load().expect("valid").memory.name, "other");
+        jail.set_env("BUS_CONFIG", "missing.toml");
+        let err = Config::load().expect_err("named file is missing");
+        assert!(
+            err.to_string().contains("missing.toml does not exist"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn test_variables_are_not_config_keys() {
+    Jail::expect_with(|jail| {
+        jail.set_env("BUS_TEST_MQTT_URL", "mqtt://127.0.0.1:1");
+        Config::load().expect("BUS_TEST_* is ignored");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_key_names_key_file_and_fix() {
+    let message = config_error(|jail| {
+        jail.create_file("bus.toml", "[memory]\nmax_queued_byte = 5")?;
+        Ok(())
+    });
+    assert!(
+        message.contains("unknown config key `memory.max_queued_byte`"),
+        "{message}"
+    );
+    assert!(message.contains("bus.toml"), "{message}");
+    assert!(
+        message.contains("max_queued_bytes"),
+        "lists the valid keys: {message}"
+    );
+}
+
+#[test]
+fn unknown_env_key_names_the_variable() {
+    let message = config_error(|jail| {
+        jail.set_env("BUS_BACKND", "memory");
+        Ok(())
+    });
+    assert!(message.contains("unknown config key `backnd`"), "{message}");
+    assert!(
+        message.contains("environment variable `BUS_BACKND`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn wrong_type_names_key_env_var_and_expectation() {
+    let message = config_error(|jail| {
+        jail.set_env("BUS_MEMORY__MAX_QUEUED_BYTES", "lots");
+        Ok(())
+    });
+    assert!(message.contains("`memory.max_queued_bytes`"), "{message}");
+    assert!(
+        message.contains("BUS_MEMORY__MAX_QUEUED_BYTES"),
+        "{message}"
+    );
+    assert!(message.contains("found string \"lots\""), "{message}");
+}
+
+#[test]
+fn unknown_backend_lists_the_choices() {
+    let message = config_error(|jail| {
+        jail.set_env("BUS_BACKEND", "kafka");
+        Ok(())
+    });
+    assert!(message.contains("\"kafka\""), "{message}");
+    assert!(message.contains("memory, mqtt, gcp"), "{message}");
+    assert!(message.contains("BUS_BACKEND"), "{message}");
+}
+
+#[test]
+fn missing_required_value_names_key_and_variable() {
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct BackendSection {
+        project: String,
+    }
+    Jail::expect_with(|jail| {
+        jail.create_file("bus.toml", "[gcp]\nendpoint = \"http://127.0.0.1:8085\"")?;
+        let config = Config::load().expect("the file itself is valid");
+        let err = config
+            .section::<BackendSection>("gcp")
+            .expect_err("project is missing");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let message = err.to_string();
+        assert!(
+            message.contains("required config key `gcp.project`"),
+            "{message}"
+        );
+        assert!(message.contains("BUS_GCP__PROJECT"), "{message}");
+        Ok(())
+    });
+}
+
+#[cfg(not(feature = "gcp"))]
+#[tokio::test]
+async fn a_backend_whose_feature_is_off_names_the_feature() {
+    let mut config = Config::default();
+    config.backend = BackendKind::Gcp;
+    let err = bus::connect(&config)
+        .await
+        .err()
+        .expect("gcp is not compiled in");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let message = err.to_string();
+    assert!(message.contains("`gcp` feature"), "{message}");
+    assert!(message.contains("features = [\"gcp\"]"), "{message}");
+}
+
+#[test]
+fn invalid_memory_settings_are_config_errors_from_connect() {
+    let mut config = Config::default();
+    config.memory.name = "invalid-settings-test".into();
+    config.memory.max_queued_bytes = 10;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = runtime
+        .block_on(bus::connect(&config))
+        .err()
+        .expect("queue smaller than one message");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.to_string().contains("memory.max_queued_bytes = 10"),
+        "{err}"
+    );
+}
+
+#[cfg(feature = "gcp")]
+#[test]
+fn gcp_without_a_project_names_the_missing_key() {
+    Jail::expect_with(|jail| {
+        jail.set_env("BUS_BACKEND", "gcp");
+        let config = Config::load().expect("the selector itself is valid");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime
+            .block_on(bus::connect(&config))
+            .err()
+            .expect("gcp.project is required");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let message = err.to_string();
+        assert!(
+            message.contains("required config key `gcp.project`"),
+            "{message}"
+        );
+        assert!(message.contains("BUS_GCP__PROJECT"), "{message}");
+        Ok(())
+    });
+}
