@@ -1,0 +1,54 @@
+//! The bus contract suite against Google's Pub/Sub emulator, started for this test binary (or
+//! the one named by PUBSUB_EMULATOR_HOST).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_core::{Capabilities, Publisher, Result, Subscriber};
+use bus_gcp::{GcpBackend, GcpConfig};
+use bus_testkit::emulator::PubSubEmulator;
+use bus_testkit::BackendFactory;
+
+struct GcpFactory(GcpBackend);
+
+#[async_trait::async_trait]
+impl BackendFactory for GcpFactory {
+    fn name(&self) -> &'static str {
+        bus_gcp::BACKEND
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        Ok(Box::new(self.0.publisher()))
+    }
+    async fn subscriber(&self) -> Result<Box<dyn Subscriber>> {
+        Ok(Box::new(self.0.subscriber()))
+    }
+    /// The emulator returns messages that a closed consumer had prefetched only when their ack
+    /// deadline expires, in steps of about 10 s (gaps of up to 40 s measured); see the README.
+    fn receive_timeout(&self) -> Duration {
+        Duration::from_secs(90)
+    }
+}
+
+async fn factory() -> Arc<dyn BackendFactory> {
+    let host = match std::env::var(bus_gcp::EMULATOR_HOST_VAR) {
+        Ok(host) => host,
+        Err(_) => PubSubEmulator::shared().host_port(),
+    };
+    let config = GcpConfig {
+        endpoint: Some(format!("http://{host}")),
+        // A closed consumer strands what it had prefetched until the ack deadline (see
+        // `receive_timeout`); a smaller prefetch keeps the resubscribe scenario short.
+        max_outstanding_messages: 100,
+        ..GcpConfig::new("bus-contract")
+    };
+    Arc::new(GcpFactory(
+        GcpBackend::connect(&config)
+            .await
+            .expect("connect to the emulator"),
+    ))
+}
+
+bus_testkit::contract_suite!(factory());
