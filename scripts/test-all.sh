@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole bus test suite: every crate, every backend, against real brokers where a backend
+# needs one. Installs what it needs where it can (Debian/Ubuntu, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== bus test suite: $(date -u +%FT%TZ) on $(nproc) cores"
+cargo --version
+
+# Two cores: one test binary at a time, its tests two at a time.
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
+
+# Real brokers: the MQTT tests start their own Mosquitto (never the system one on 1883), and
+# make TLS certificates with openssl and password files with mosquitto_passwd; the Pub/Sub
+# interop tests speak the emulator's REST API with curl.
+missing=()
+for tool in mosquitto mosquitto_passwd mosquitto_pub mosquitto_sub openssl curl; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing mosquitto, mosquitto-clients, openssl and curl (missing: ${missing[*]})"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients openssl curl
+  else
+    echo "ERROR: the MQTT tests need ${missing[*]}:" >&2
+    echo "       apt-get install -y mosquitto mosquitto-clients openssl curl" >&2
+    exit 1
+  fi
+fi
+
+# Google's Pub/Sub emulator (Java 17+); not in Debian's archive, so it cannot be installed here.
+if [ -z "${PUBSUB_EMULATOR_HOST:-}" ]; then
+  emulator="${PUBSUB_EMULATOR_BIN:-/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator}"
+  if [ ! -x "$emulator" ] && ! command -v gcloud >/dev/null; then
+    echo "ERROR: the Pub/Sub tests need Google's emulator: apt-get install -y google-cloud-cli-pubsub-emulator" >&2
+    echo "       (from Google's Cloud SDK apt repository) or gcloud components install pubsub-emulator;" >&2
+    echo "       or set PUBSUB_EMULATOR_BIN, or PUBSUB_EMULATOR_HOST=HOST:PORT for a running emulator" >&2
+    exit 1
+  fi
+fi
+
+cargo test --workspace --all-features --no-fail-fast
+# The facade without backend features: asking for mqtt/gcp must name the missing feature.
+cargo test -p bus --no-default-features --test config
