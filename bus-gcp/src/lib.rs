@@ -596,6 +596,13 @@ impl Subscriber for GcpSubscriber {
             let (tx, closed, path) = (tx.clone(), closed.clone(), path.clone());
             tokio::spawn(async move {
                 loop {
+                    // A slot first, then a message: a message taken off the stream is never
+                    // dropped half-way because the consumer closed.
+                    let slot = tokio::select! {
+                        _ = closed.cancelled() => break,
+                        slot = tx.reserve() => slot,
+                    };
+                    let Ok(slot) = slot else { break };
                     let next = tokio::select! {
                         _ = closed.cancelled() => break,
                         next = stream.next() => next,
@@ -606,7 +613,8 @@ impl Subscriber for GcpSubscriber {
                         Some(Err(e)) => Err(map_error(&e, &format!("receiving from {path}"))),
                     };
                     let failed = item.is_err();
-                    if tx.send(item).await.is_err() || failed {
+                    slot.send(item);
+                    if failed {
                         break;
                     }
                 }

@@ -705,10 +705,6 @@ pub async fn resubscribe_in_batches(factory: &dyn BackendFactory) -> Outcome {
             seen.insert(delivery.id().to_string());
             delivery.ack().await.expect("ack");
         }
-        eprintln!(
-            "TIMING batch {batch} received at {:?}",
-            std::time::SystemTime::now()
-        );
         current.close().await.expect("close between batches");
     }
     assert_eq!(seen.len(), TOTAL);
