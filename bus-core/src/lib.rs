@@ -15,6 +15,8 @@
 #![deny(missing_docs)]
 
 mod capabilities;
+#[cfg(feature = "cloudevents")]
+pub mod cloudevents;
 mod error;
 mod message;
 mod names;
