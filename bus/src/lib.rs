@@ -34,6 +34,11 @@
 //!
 //! [memory]
 //! max_queued_bytes = 67108864 # per subscription; publishers wait beyond it
+//!
+//! [cloudevents]
+//! mode = "structured"         # structured | binary (consumers accept both)
+//!
+//! [app]                       # the service's own settings: Config::section("app")
 //! ```
 //!
 //! Every key can be set or overridden by an environment variable: `BUS_` followed by the key
@@ -110,9 +115,27 @@ pub struct Config {
     /// `[gcp]`: read by the Pub/Sub backend when it is compiled in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gcp: Option<figment::value::Dict>,
+    /// `[cloudevents]`: how this service encodes the CloudEvents it publishes.
+    pub cloudevents: CloudEventsConfig,
+    /// `[app]`: the application's own settings, so one file configures the whole service;
+    /// read them with [`Config::section`]`("app")`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<figment::value::Dict>,
     /// Where the configuration came from, for error messages and backend sections.
     #[serde(skip)]
     origin: Origin,
+}
+
+/// `[cloudevents]`: the encoding of published events (consumers accept both modes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudEventsConfig {
+    /// `structured` (default: the whole event as JSON, what the Python services send) or
+    /// `binary` (data as the payload, context attributes as message attributes).
+    pub mode: cloudevents::EventMode,
+    /// The attribute prefix in binary mode. Default: the transport's binding, `ce-` (Pub/Sub,
+    /// memory) or none (MQTT 5 user properties).
+    pub binary_prefix: Option<String>,
 }
 
 /// Where a loaded config came from.
@@ -135,6 +158,38 @@ impl Config {
         match std::env::var_os(CONFIG_PATH_VAR) {
             Some(path) => Config::load_from(PathBuf::from(path)),
             None => Config::from_figment(Config::figment(Path::new(DEFAULT_CONFIG_FILE))),
+        }
+    }
+
+    /// Like [`Config::load`], for the service named `service`: where the config does not set
+    /// `mqtt.client_id`, it defaults to the service name, so that several services on one
+    /// broker keep separate MQTT sessions.
+    pub fn load_as(service: &str) -> Result<Config> {
+        let path = match std::env::var_os(CONFIG_PATH_VAR) {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                Config::load_from(&path)?;
+                path
+            }
+            None => PathBuf::from(DEFAULT_CONFIG_FILE),
+        };
+        let defaults = figment::providers::Serialized::default("mqtt.client_id", service);
+        Config::from_figment(Config::figment(&path).join(defaults))
+    }
+
+    /// The event encoding this config asks for, with the binary prefix of the chosen
+    /// transport's CloudEvents binding unless `cloudevents.binary_prefix` sets one.
+    pub fn event_format(&self) -> cloudevents::EventFormat {
+        let prefix = self.cloudevents.binary_prefix.clone().unwrap_or_else(|| {
+            match self.backend {
+                BackendKind::Mqtt => cloudevents::MQTT_PREFIX,
+                BackendKind::Memory | BackendKind::Gcp => cloudevents::PUBSUB_PREFIX,
+            }
+            .to_string()
+        });
+        cloudevents::EventFormat {
+            mode: self.cloudevents.mode,
+            prefix,
         }
     }
 
