@@ -113,6 +113,24 @@ pub struct Example {
     pub seen: Arc<Mutex<Vec<Line>>>,
 }
 
+/// The Python with paho-mqtt 2.1 and cloudevents: `BUS_TEST_PYTHON`, or the workspace's
+/// `.venv` that the test script creates. Panics saying how to get it.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("BUS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    let ready = Command::new(&python)
+        .args(["-c", "import paho.mqtt, cloudevents.conversion"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "the Python interop tests need {} with paho-mqtt 2.1 and cloudevents: run scripts/test-all.sh (it creates .venv), or python3 -m venv .venv && .venv/bin/pip install paho-mqtt==2.1.0 cloudevents, or point BUS_TEST_PYTHON at such a Python",
+        python.display()
+    );
+    python
+}
+
 /// The path of an example binary built by Cargo for this test.
 pub fn binary(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_consume"));
@@ -123,8 +141,32 @@ impl Example {
     /// Starts `name` with `args` in the environment `env` (and no other `BUS_*` variables).
     pub fn start(name: &str, args: &[&str], env: &BrokerEnv) -> Example {
         let mut command = Command::new(binary(name));
+        command.args(args);
+        Example::spawn(name, command, env)
+    }
+
+    /// Runs one of `examples/python/` with the test virtualenv's Python.
+    pub fn python(script: &str, args: &[&str]) -> Example {
+        let mut command = Command::new(python());
         command
-            .args(args)
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("python")
+                    .join(script),
+            )
+            .args(args);
+        Example::spawn(
+            script,
+            command,
+            &BrokerEnv {
+                name: "python",
+                vars: Vec::new(),
+            },
+        )
+    }
+
+    fn spawn(name: &str, mut command: Command, env: &BrokerEnv) -> Example {
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
