@@ -15,17 +15,17 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
 # make TLS certificates with openssl and password files with mosquitto_passwd; the Pub/Sub
 # interop tests speak the emulator's REST API with curl.
 missing=()
-for tool in mosquitto mosquitto_passwd mosquitto_pub mosquitto_sub openssl curl; do
+for tool in mosquitto mosquitto_passwd mosquitto_pub mosquitto_sub openssl curl docker-compose; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing mosquitto, mosquitto-clients, openssl and curl (missing: ${missing[*]})"
+    echo "== installing mosquitto, mosquitto-clients, openssl, curl and docker-compose (missing: ${missing[*]})"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients openssl curl
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients openssl curl docker-compose
   else
-    echo "ERROR: the MQTT tests need ${missing[*]}:" >&2
-    echo "       apt-get install -y mosquitto mosquitto-clients openssl curl" >&2
+    echo "ERROR: the tests need ${missing[*]}:" >&2
+    echo "       apt-get install -y mosquitto mosquitto-clients openssl curl docker-compose" >&2
     exit 1
   fi
 fi
@@ -39,6 +39,16 @@ if [ -z "${PUBSUB_EMULATOR_HOST:-}" ]; then
     echo "       or set PUBSUB_EMULATOR_BIN, or PUBSUB_EMULATOR_HOST=HOST:PORT for a running emulator" >&2
     exit 1
   fi
+fi
+
+# The Python services' own libraries, for the interop tests: a virtualenv in .venv.
+if [ -z "${BUS_TEST_PYTHON:-}" ]; then
+  if ! .venv/bin/python -c "import paho.mqtt, cloudevents.conversion" 2>/dev/null; then
+    echo "== creating .venv with paho-mqtt 2.1 and cloudevents"
+    python3 -m venv .venv
+    .venv/bin/pip install -q "paho-mqtt==2.1.0" "cloudevents>=1.11,<2"
+  fi
+  export BUS_TEST_PYTHON="$PWD/.venv/bin/python"
 fi
 
 cargo test --workspace --all-features --no-fail-fast

@@ -17,9 +17,12 @@ use common::{BrokerEnv, Example};
 
 const PROGRAMS: [&str; 3] = ["boflow1", "boflow2", "fmtcat"];
 
-async fn four_services(env: BrokerEnv, producer_mode: &str) {
+/// Runs the four services on `env` (plus `service_vars` for the services only) and checks
+/// the evaluations they publish.
+async fn four_services(env: BrokerEnv, producer_mode: &str, service_vars: &[(&str, &str)]) {
     // The test reads the published evaluations like any other consumer would.
     let bus = bus::connect(&env.config()).await.expect("test connects");
+    let env = env.with(service_vars);
     let evaluations = EventSubscription::<PatchEvaluation>::new(
         bus.subscriber
             .subscribe(
@@ -85,12 +88,47 @@ async fn four_services(env: BrokerEnv, producer_mode: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_services_on_mosquitto() {
     let broker = Mosquitto::start();
-    four_services(BrokerEnv::mosquitto(&broker), "binary").await;
+    four_services(BrokerEnv::mosquitto(&broker), "binary", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_services_on_the_pubsub_emulator() {
-    four_services(BrokerEnv::emulator(), "structured").await;
+    four_services(BrokerEnv::emulator(), "structured", &[]).await;
+}
+
+/// `pubsub-emulator/bootstrap.sh`, run natively against the installed emulator, creates
+/// exactly what the services need: they then run with provisioning off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_bootstrap_creates_what_the_services_use() {
+    let env = BrokerEnv::emulator();
+    let var = |name: &str| {
+        env.vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pubsub-emulator/bootstrap.sh");
+    for run in ["creates", "finds existing"] {
+        let output = std::process::Command::new("sh")
+            .arg(&script)
+            .env("PUBSUB_EMULATOR_HOST", var("PUBSUB_EMULATOR_HOST"))
+            .env("PUBSUB_PROJECT_ID", var("BUS_GCP__PROJECT"))
+            .output()
+            .expect("run bootstrap.sh");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "bootstrap ({run}): {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("subscriptions/patch-evaluation++autopatch+scrash_detail"),
+            "{stdout}"
+        );
+    }
+    four_services(env, "binary", &[("BUS_GCP__PROVISIONING", "false")]).await;
 }
 
 #[test]
@@ -106,4 +144,117 @@ fn the_demo_runs_the_pipeline_in_memory() {
         );
     }
     assert!(out.contains("3 of 3 fixed"), "{out}");
+}
+
+/// Mosquitto with the config compose.yaml ships (`deploy/mosquitto/`), run natively: anonymous
+/// clients are refused, the pipeline runs with the credentials, and the ACL keeps the
+/// services to their topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_mosquitto_config_runs_the_pipeline_with_credentials() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
+    let dir = tempfile::tempdir().unwrap();
+    let port = bus_testkit::mosquitto::free_port();
+    let shipped = std::fs::read_to_string(deploy.join("mosquitto.conf")).unwrap();
+    for line in [
+        "allow_anonymous false",
+        "max_queued_messages 0",
+        "persistence true",
+    ] {
+        assert!(
+            shipped.lines().any(|l| l == line),
+            "the shipped config sets {line}"
+        );
+    }
+    let mut config = shipped
+        .replace("listener 1883", &format!("listener {port} 127.0.0.1"))
+        .replace("/mosquitto/config/", &format!("{}/", dir.path().display()))
+        .replace("/mosquitto/data/", &format!("{}/", dir.path().display()));
+    // As root Mosquitto would switch to the `mosquitto` user, which cannot use the temp dir.
+    if running_as_root() {
+        config.push_str("user root\n");
+    }
+    std::fs::write(dir.path().join("mosquitto.conf"), config).unwrap();
+    std::fs::copy(deploy.join("acl"), dir.path().join("acl")).unwrap();
+    let passwd = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(dir.path().join("passwd"))
+        .args(["autopatch", "s3cret-for-test"])
+        .status()
+        .expect("mosquitto_passwd (apt-get install -y mosquitto)");
+    assert!(passwd.success());
+    let _broker = KillOnDrop(
+        std::process::Command::new(
+            bus_testkit::mosquitto::which("mosquitto").expect("mosquitto is installed"),
+        )
+        .arg("-c")
+        .arg(dir.path().join("mosquitto.conf"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let address = format!("127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&address).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let anonymous = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "autopatch/crash_detail",
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "an anonymous client is refused"
+    );
+
+    let env = BrokerEnv {
+        name: "mqtt (shipped config)",
+        vars: vec![
+            ("BUS_BACKEND".into(), "mqtt".into()),
+            ("BUS_MQTT__URL".into(), url),
+            ("BUS_MQTT__USERNAME".into(), "autopatch".into()),
+            ("BUS_MQTT__PASSWORD".into(), "s3cret-for-test".into()),
+        ],
+    };
+    let outside = bus::connect(&env.config()).await.unwrap();
+    let denied = outside
+        .publisher
+        .publish(&Topic::new("other/topic").unwrap(), bus::Message::new("x"))
+        .await
+        .expect_err("the ACL keeps the services to their topics");
+    assert_eq!(denied.kind(), bus::ErrorKind::PermissionDenied, "{denied}");
+    outside.close().await.unwrap();
+
+    four_services(env, "structured", &[]).await;
+}
+
+/// Stops a child process when the test ends, even on panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
 }
