@@ -231,3 +231,66 @@ fn gcp_without_a_project_names_the_missing_key() {
         Ok(())
     });
 }
+
+#[test]
+fn a_service_name_is_the_default_mqtt_client_id() {
+    Jail::expect_with(|jail| {
+        let config = Config::load_as("llm-dispatch").expect("valid");
+        let mqtt: figment::value::Dict = config.section("mqtt").expect("mqtt section");
+        assert_eq!(mqtt["client_id"].as_str(), Some("llm-dispatch"));
+
+        jail.set_env("BUS_MQTT__CLIENT_ID", "llm-dispatch-2");
+        let config = Config::load_as("llm-dispatch").expect("valid");
+        let mqtt: figment::value::Dict = config.section("mqtt").expect("mqtt section");
+        assert_eq!(mqtt["client_id"].as_str(), Some("llm-dispatch-2"), "config wins");
+        Ok(())
+    });
+}
+
+#[test]
+fn cloudevents_mode_and_prefix_follow_config_and_backend() {
+    use bus::cloudevents::{EventMode, MQTT_PREFIX, PUBSUB_PREFIX};
+    Jail::expect_with(|jail| {
+        let config = Config::load().expect("defaults");
+        assert_eq!(config.event_format().mode, EventMode::Structured);
+
+        jail.set_env("BUS_CLOUDEVENTS__MODE", "binary");
+        let format = Config::load().expect("valid").event_format();
+        assert_eq!((format.mode, format.prefix.as_str()), (EventMode::Binary, PUBSUB_PREFIX));
+
+        jail.set_env("BUS_BACKEND", "mqtt");
+        assert_eq!(Config::load().unwrap().event_format().prefix, MQTT_PREFIX);
+
+        jail.set_env("BUS_CLOUDEVENTS__BINARY_PREFIX", "ce_");
+        assert_eq!(Config::load().unwrap().event_format().prefix, "ce_");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_wrong_cloudevents_mode_lists_the_choices() {
+    let message = config_error(|jail| {
+        jail.set_env("BUS_CLOUDEVENTS__MODE", "json");
+        Ok(())
+    });
+    assert!(message.contains("BUS_CLOUDEVENTS__MODE"), "{message}");
+    assert!(message.contains("structured, binary"), "{message}");
+}
+
+#[test]
+fn the_app_section_is_the_applications_own() {
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default)]
+    struct App {
+        sources_dir: Option<String>,
+        expect: Option<usize>,
+    }
+    Jail::expect_with(|jail| {
+        jail.create_file("bus.toml", "[app]\nsources_dir = \"/src\"")?;
+        jail.set_env("BUS_APP__EXPECT", "3");
+        let app: App = Config::load().expect("valid").section("app").expect("app");
+        assert_eq!(app.sources_dir.as_deref(), Some("/src"));
+        assert_eq!(app.expect, Some(3));
+        Ok(())
+    });
+}
