@@ -1,0 +1,430 @@
+//! The clients measured: bus on any backend, and each backend's raw client doing the same work.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bus::{Message, Publisher, SubscriptionOptions, Topic};
+use figment::providers::Serialized;
+use figment::Figment;
+
+use crate::measure::{stamp, wait_until, BenchResult, Params, Tracker};
+
+/// Where the broker under test is.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    /// The in-process broker.
+    Memory,
+    /// Mosquitto on 127.0.0.1.
+    Mqtt {
+        /// Its port.
+        port: u16,
+    },
+    /// The Pub/Sub emulator.
+    Gcp {
+        /// `HOST:PORT`.
+        host: String,
+    },
+}
+
+impl Broker {
+    /// The backend's name in results.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Broker::Memory => "memory",
+            Broker::Mqtt { .. } => "mqtt",
+            Broker::Gcp { .. } => "gcp",
+        }
+    }
+
+    /// A bus config for this broker.
+    pub fn bus_config(&self, params: &Params, run: &str) -> bus::Config {
+        let figment = match self {
+            Broker::Memory => Figment::new()
+                .merge(Serialized::default("backend", "memory"))
+                .merge(Serialized::default("memory.name", format!("bench-{run}"))),
+            Broker::Mqtt { port } => Figment::new()
+                .merge(Serialized::default("backend", "mqtt"))
+                .merge(Serialized::default(
+                    "mqtt.url",
+                    format!("mqtt://127.0.0.1:{port}"),
+                ))
+                .merge(Serialized::default(
+                    "mqtt.client_id",
+                    format!("bench-{run}"),
+                ))
+                .merge(Serialized::default("mqtt.qos", params.qos)),
+            Broker::Gcp { host } => Figment::new()
+                .merge(Serialized::default("backend", "gcp"))
+                .merge(Serialized::default("gcp.project", "bench"))
+                .merge(Serialized::default(
+                    "gcp.endpoint",
+                    format!("http://{host}"),
+                ))
+                .merge(Serialized::default("gcp.streams", params.streams)),
+        };
+        // BUS_* variables (e.g. BUS_GCP__PUBLISH_BATCH_DELAY_MS) tune the bus side.
+        let figment = figment.merge(
+            figment::providers::Env::prefixed("BUS_")
+                .split("__")
+                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_")),
+        );
+        bus::Config::from_figment(figment).expect("the bench's own config is valid")
+    }
+}
+
+fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Publishers share the sequence numbers `0..messages` round-robin.
+fn shares(params: &Params) -> Vec<Vec<u64>> {
+    (0..params.publishers)
+        .map(|task| {
+            (task..params.messages)
+                .step_by(params.publishers)
+                .map(|seq| seq as u64)
+                .collect()
+        })
+        .collect()
+}
+
+/// bus on any backend: `publishers` tasks publish (each waits for its confirmation),
+/// `consumers` competing consumers receive and ack.
+pub async fn bus(broker: &Broker, params: &Params) -> BenchResult {
+    let run = run_id();
+    let connection = bus::connect(&broker.bus_config(params, &run))
+        .await
+        .expect("bus connects");
+    let topic = Topic::new(format!("bench/{run}")).expect("topic");
+    let options = SubscriptionOptions::new("bench").expect("name");
+    let mut consumers = Vec::new();
+    for _ in 0..params.consumers {
+        consumers.push(Arc::new(
+            connection
+                .subscriber
+                .subscribe(&topic, options.clone())
+                .await
+                .expect("subscribe"),
+        ));
+    }
+    let publisher: Arc<dyn Publisher> = Arc::from(connection.publisher);
+    let tracker = Arc::new(Tracker::new(
+        params.messages,
+        &format!("{} bus", broker.backend()),
+    ));
+    let start = Instant::now();
+    let receivers: Vec<_> = consumers
+        .iter()
+        .map(|consumer| {
+            let (consumer, tracker) = (consumer.clone(), tracker.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1024);
+                while !tracker.complete() {
+                    let Ok(delivery) = consumer.receive().await else {
+                        break;
+                    };
+                    tracker.record(delivery.payload(), &mut latencies);
+                    let _ = delivery.ack().await;
+                }
+                tracker.flush(&mut latencies);
+            })
+        })
+        .collect();
+    let publishers: Vec<_> = shares(params)
+        .into_iter()
+        .map(|share| {
+            let (publisher, topic, size) = (publisher.clone(), topic.clone(), params.payload);
+            tokio::spawn(async move {
+                for seq in share {
+                    publisher
+                        .publish(&topic, Message::new(stamp(seq, size)))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for task in publishers {
+        task.await.expect("publisher task");
+    }
+    let published = start.elapsed();
+    wait_until(
+        || tracker.complete(),
+        || tracker.distinct(),
+        params.idle_timeout,
+    )
+    .await;
+    let delivered = start.elapsed();
+    for consumer in &consumers {
+        let _ = consumer.close().await;
+    }
+    for task in receivers {
+        let _ = task.await;
+    }
+    let _ = publisher.close().await;
+    let _ = connection.subscriber.close().await;
+    let mut result = tracker.finish((broker.backend(), "bus"), params, published, delivered);
+    result.variant = match broker {
+        Broker::Memory => "bus-memory".into(),
+        Broker::Mqtt { .. } => format!("bus-mqtt MQTT 5 QoS {}", params.qos),
+        Broker::Gcp { .. } => format!("bus-gcp, {} stream(s)", params.streams),
+    };
+    result
+}
+
+/// A bounded `tokio::sync::mpsc` hand-off to one consumer: what an in-process queue costs
+/// without acks, redelivery or fan-out.
+pub async fn raw_memory(params: &Params) -> BenchResult {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1024);
+    let tracker = Arc::new(Tracker::new(params.messages, "memory raw"));
+    let start = Instant::now();
+    let consumer = tokio::spawn({
+        let tracker = tracker.clone();
+        async move {
+            let mut latencies = Vec::with_capacity(1024);
+            while let Some(payload) = rx.recv().await {
+                tracker.record(&payload, &mut latencies);
+            }
+            tracker.flush(&mut latencies);
+        }
+    });
+    let publishers: Vec<_> = shares(params)
+        .into_iter()
+        .map(|share| {
+            let (tx, size) = (tx.clone(), params.payload);
+            tokio::spawn(async move {
+                for seq in share {
+                    tx.send(stamp(seq, size)).await.expect("send");
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for task in publishers {
+        task.await.expect("publisher task");
+    }
+    let published = start.elapsed();
+    consumer.await.expect("consumer");
+    let delivered = start.elapsed();
+    let mut result = tracker.finish(("memory", "raw"), params, published, delivered);
+    result.variant = "tokio mpsc (no acks)".into();
+    result
+}
+
+/// MQTT protocol version of the raw rumqttc client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 5.
+    V5,
+    /// MQTT 3.1.1.
+    V311,
+}
+
+/// Raw rumqttc: one publishing connection (publishes pipelined, confirmations counted from
+/// PUBACKs) and one subscribing connection (automatic acks).
+pub async fn raw_mqtt(port: u16, version: MqttVersion, params: &Params) -> BenchResult {
+    let run = run_id();
+    let topic = format!("bench/raw/{run}");
+    let tracker = Arc::new(Tracker::new(params.messages, "mqtt raw"));
+    let (published, delivered) = match version {
+        MqttVersion::V5 => raw_mqtt5(port, &topic, &run, params, &tracker).await,
+        MqttVersion::V311 => raw_mqtt4(port, &topic, &run, params, &tracker).await,
+    };
+    let mut result = tracker.finish(("mqtt", "raw"), params, published, delivered);
+    result.variant = match version {
+        MqttVersion::V5 => format!("rumqttc MQTT 5 QoS {}", params.qos),
+        MqttVersion::V311 => format!("rumqttc MQTT 3.1.1 QoS {}", params.qos),
+    };
+    result
+}
+
+/// The same loop for both protocol versions: their types differ, their shape does not.
+macro_rules! raw_mqtt_run {
+    ($name:ident, $module:path, $max_packet:expr) => {
+        async fn $name(
+            port: u16,
+            topic: &str,
+            run: &str,
+            params: &Params,
+            tracker: &Arc<Tracker>,
+        ) -> (Duration, Duration) {
+            use mqtt::{AsyncClient, Event, Incoming, MqttOptions};
+            use $module as mqtt;
+            let qos = match params.qos {
+                0 => mqtt::mqttbytes::QoS::AtMostOnce,
+                2 => mqtt::mqttbytes::QoS::ExactlyOnce,
+                _ => mqtt::mqttbytes::QoS::AtLeastOnce,
+            };
+            let options = |role: &str| {
+                let mut options =
+                    MqttOptions::new(format!("bench-{role}-{run}"), "127.0.0.1", port);
+                $max_packet(&mut options);
+                options.set_keep_alive(Duration::from_secs(30));
+                options
+            };
+            let (subscriber, mut sub_loop) = AsyncClient::new(options("sub"), 1024);
+            subscriber.subscribe(topic, qos).await.expect("subscribe");
+            loop {
+                if let Ok(Event::Incoming(Incoming::SubAck(_))) = sub_loop.poll().await {
+                    break;
+                }
+            }
+            let (publisher, mut pub_loop) = AsyncClient::new(options("pub"), 1024);
+            let messages = params.messages;
+            let start = Instant::now();
+            let confirmations = tokio::spawn(async move {
+                let mut confirmed = 0;
+                while confirmed < messages {
+                    match pub_loop.poll().await {
+                        Ok(Event::Incoming(Incoming::PubAck(_)))
+                        | Ok(Event::Incoming(Incoming::PubComp(_))) => confirmed += 1,
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_)))
+                            if qos == mqtt::mqttbytes::QoS::AtMostOnce =>
+                        {
+                            confirmed += 1
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("raw publisher connection: {e}"),
+                    }
+                }
+                start.elapsed()
+            });
+            let producer = tokio::spawn({
+                let (topic, size) = (topic.to_string(), params.payload);
+                async move {
+                    for seq in 0..messages as u64 {
+                        publisher
+                            .publish(topic.clone(), qos, false, stamp(seq, size))
+                            .await
+                            .expect("publish");
+                    }
+                }
+            });
+            let consumer = {
+                let tracker = tracker.clone();
+                async move {
+                    let mut latencies = Vec::with_capacity(1024);
+                    while !tracker.complete() {
+                        if let Ok(Event::Incoming(Incoming::Publish(publish))) =
+                            sub_loop.poll().await
+                        {
+                            tracker.record(&publish.payload, &mut latencies);
+                        }
+                    }
+                    tracker.flush(&mut latencies);
+                }
+            };
+            let idle = params.idle_timeout;
+            let _ = tokio::time::timeout(idle * 10, consumer).await;
+            let delivered = start.elapsed();
+            producer.await.expect("producer");
+            let published = confirmations.await.expect("confirmations");
+            (published, delivered)
+        }
+    };
+}
+
+raw_mqtt_run!(
+    raw_mqtt5,
+    rumqttc::v5,
+    |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_max_packet_size(Some(16 * 1024 * 1024));
+    }
+);
+raw_mqtt_run!(raw_mqtt4, rumqttc, |o: &mut rumqttc::MqttOptions| {
+    o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+});
+
+/// Raw google-cloud-pubsub: one `Publisher` (its default batching) and one `Subscriber`
+/// stream. Topic and subscription are made by bus-gcp beforehand (setup, not measured).
+pub async fn raw_gcp(host: &str, params: &Params) -> BenchResult {
+    use google_cloud_pubsub::client::{Publisher as RawPublisher, Subscriber as RawSubscriber};
+    use google_cloud_pubsub::model::Message as RawMessage;
+
+    let run = run_id();
+    let setup = Broker::Gcp {
+        host: host.to_string(),
+    };
+    let config: bus::gcp::GcpConfig = setup
+        .bus_config(params, &run)
+        .section("gcp")
+        .expect("gcp section");
+    let backend = bus::gcp::GcpBackend::connect(&config)
+        .await
+        .expect("connect");
+    let topic = Topic::new(format!("bench/raw-{run}")).expect("topic");
+    let options = SubscriptionOptions::new("bench").expect("name");
+    bus::Subscriber::subscribe(&backend.subscriber(), &topic, options.clone())
+        .await
+        .expect("provision")
+        .close()
+        .await
+        .expect("close");
+    let endpoint = format!("http://{host}");
+    let anonymous = || google_cloud_auth_anonymous();
+    let publisher = RawPublisher::builder(backend.topic_path(&topic).expect("path"))
+        .with_endpoint(endpoint.clone())
+        .with_credentials(anonymous())
+        .build()
+        .await
+        .expect("raw publisher");
+    let subscriber = RawSubscriber::builder()
+        .with_endpoint(endpoint)
+        .with_credentials(anonymous())
+        .build()
+        .await
+        .expect("raw subscriber");
+    let mut stream = subscriber
+        .subscribe(backend.subscription_path(&options, &topic).expect("path"))
+        .build();
+    let tracker = Arc::new(Tracker::new(params.messages, "gcp raw"));
+    let start = Instant::now();
+    let publishers: Vec<_> = shares(params)
+        .into_iter()
+        .map(|share| {
+            let (publisher, size) = (publisher.clone(), params.payload);
+            tokio::spawn(async move {
+                for seq in share {
+                    publisher
+                        .publish(RawMessage::new().set_data(stamp(seq, size)))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    let consumer = {
+        let tracker = tracker.clone();
+        let idle = params.idle_timeout;
+        async move {
+            let mut latencies = Vec::with_capacity(1024);
+            while !tracker.complete() {
+                match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(Some(Ok((message, handler)))) => {
+                        tracker.record(&message.data, &mut latencies);
+                        handler.ack();
+                    }
+                    _ => break,
+                }
+            }
+            tracker.flush(&mut latencies);
+            stream
+        }
+    };
+    let publishing = async {
+        for task in publishers {
+            task.await.expect("publisher task");
+        }
+        start.elapsed()
+    };
+    let (published, stream) = tokio::join!(publishing, consumer);
+    let delivered = start.elapsed();
+    stream.shutdown_token().shutdown().await;
+    let mut result = tracker.finish(("gcp", "raw"), params, published, delivered);
+    result.variant = "google-cloud-pubsub, 1 stream".into();
+    result
+}
+
+fn google_cloud_auth_anonymous() -> google_cloud_auth::credentials::Credentials {
+    google_cloud_auth::credentials::anonymous::Builder::new().build()
+}

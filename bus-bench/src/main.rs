@@ -1,0 +1,432 @@
+//! **bus-bench**: bus against the raw clients and the Python stack, side by side in one run,
+//! on brokers it starts itself (as the tests do).
+//!
+//! ```text
+//! cargo run --release -p bus-bench -- compare --backend mqtt|gcp|memory [--messages N] [--payload BYTES] [--json]
+//! cargo run --release -p bus-bench -- run --backend mqtt --client bus --messages 100000
+//! cargo run --release -p bus-bench -- backpressure          # memory: stalled consumer, 1,000,000 messages
+//! cargo run --release -p bus-bench -- loss-check            # Mosquitto: 100,000-message burst
+//! cargo run --release -p bus-bench -- chart --input results.jsonl --output bench/throughput.svg
+//! ```
+//!
+//! Every message carries its send time and a sequence number: the consumer side reports
+//! end-to-end latency percentiles, and every message is accounted for (lost, duplicates).
+
+mod clients;
+mod measure;
+mod python;
+mod report;
+mod scenarios;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bus_testkit::emulator::PubSubEmulator;
+use bus_testkit::mosquitto::Mosquitto;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use clients::{Broker, MqttVersion};
+use measure::{BenchResult, Params, HEADER_BYTES};
+
+/// Benchmarks bus against the raw clients and the Python stack.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every client of one backend, the median of several runs each, with ratios.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Runs per client (after one warm-up run); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Leave out the Python baseline.
+        #[arg(long)]
+        no_python: bool,
+        /// Also write the results as an SVG bar chart.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+    },
+    /// One run of one client.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Which client.
+        #[arg(long, value_enum, default_value_t = Client::Bus)]
+        client: Client,
+    },
+    /// Memory backend: the consumer stalls while 1,000,000 messages are published; shows the
+    /// publisher held back by `memory.max_queued_bytes` and the peak RSS.
+    Backpressure {
+        /// Messages to publish.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 16)]
+        payload: usize,
+        /// The subscription's bound.
+        #[arg(long, default_value_t = 64 * 1024 * 1024)]
+        max_queued_bytes: usize,
+        /// How long the consumer stalls.
+        #[arg(long, default_value_t = 5)]
+        stall_secs: u64,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mosquitto: a QoS 1 burst to a consumer that is not reading, with the shipped broker
+    /// config (nothing may be lost) and with Mosquitto's default queue limit.
+    LossCheck {
+        /// Messages in the burst.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// JSON lines instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draws the SVG chart from JSON lines written by `compare --json`.
+    Chart {
+        /// JSON lines (one result per line).
+        #[arg(long)]
+        input: PathBuf,
+        /// The SVG to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// The transport.
+    #[arg(long, value_enum)]
+    backend: Backend,
+    /// Messages per run (default: memory 1,000,000, mqtt 100,000, gcp 10,000).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Payload bytes (at least 16: the timestamp and sequence number).
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Concurrent publishing tasks.
+    #[arg(long, default_value_t = 64)]
+    publishers: usize,
+    /// Competing consumers (bus client).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// MQTT QoS.
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Streaming pulls per bus-gcp consumer.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// JSON lines instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Memory,
+    Mqtt,
+    Gcp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Client {
+    /// bus on the chosen backend.
+    Bus,
+    /// The backend's raw client (tokio mpsc, rumqttc MQTT 5, google-cloud-pubsub).
+    Raw,
+    /// rumqttc with MQTT 3.1.1 (mqtt only).
+    RawV311,
+    /// The Python client (paho-mqtt, google-cloud-pubsub).
+    Python,
+}
+
+/// The broker process for a run, kept alive while it is measured.
+enum Running {
+    Memory,
+    Mqtt(Mosquitto),
+    Gcp {
+        /// Kept alive while measured (`None` for an external emulator).
+        _emulator: Option<PubSubEmulator>,
+        host: String,
+    },
+}
+
+impl Running {
+    fn start(backend: Backend) -> Running {
+        match backend {
+            Backend::Memory => Running::Memory,
+            Backend::Mqtt => Running::Mqtt(Mosquitto::start()),
+            Backend::Gcp => match std::env::var("PUBSUB_EMULATOR_HOST") {
+                Ok(host) => Running::Gcp {
+                    _emulator: None,
+                    host,
+                },
+                Err(_) => {
+                    let emulator = PubSubEmulator::start();
+                    let host = emulator.host_port();
+                    Running::Gcp {
+                        _emulator: Some(emulator),
+                        host,
+                    }
+                }
+            },
+        }
+    }
+
+    fn broker(&self) -> Broker {
+        match self {
+            Running::Memory => Broker::Memory,
+            Running::Mqtt(mosquitto) => Broker::Mqtt {
+                port: mosquitto.port(),
+            },
+            Running::Gcp { host, .. } => Broker::Gcp { host: host.clone() },
+        }
+    }
+}
+
+impl Common {
+    fn params(&self) -> Result<Params, String> {
+        if self.payload < HEADER_BYTES {
+            return Err(format!(
+                "--payload {} is too small: each message carries a {HEADER_BYTES}-byte timestamp and sequence number",
+                self.payload
+            ));
+        }
+        if self.publishers == 0 || self.consumers == 0 || self.streams == 0 {
+            return Err("--publishers, --consumers and --streams must be at least 1".into());
+        }
+        if self.qos > 2 {
+            return Err(format!(
+                "--qos {} is not an MQTT QoS; use 0, 1 or 2",
+                self.qos
+            ));
+        }
+        let messages = self.messages.unwrap_or(match self.backend {
+            Backend::Memory => 1_000_000,
+            Backend::Mqtt => 100_000,
+            Backend::Gcp => 10_000,
+        });
+        if messages == 0 {
+            return Err("--messages must be at least 1".into());
+        }
+        Ok(Params {
+            messages,
+            payload: self.payload,
+            publishers: self.publishers,
+            consumers: self.consumers,
+            qos: self.qos,
+            streams: self.streams,
+            idle_timeout: match self.backend {
+                Backend::Gcp => Duration::from_secs(60),
+                _ => Duration::from_secs(10),
+            },
+        })
+    }
+}
+
+async fn run_client(
+    broker: &Broker,
+    client: Client,
+    params: &Params,
+) -> Result<BenchResult, String> {
+    match (broker, client) {
+        (broker, Client::Bus) => Ok(clients::bus(broker, params).await),
+        (Broker::Memory, Client::Raw) => Ok(clients::raw_memory(params).await),
+        (Broker::Mqtt { port }, Client::Raw) => {
+            Ok(clients::raw_mqtt(*port, MqttVersion::V5, params).await)
+        }
+        (Broker::Mqtt { port }, Client::RawV311) => {
+            Ok(clients::raw_mqtt(*port, MqttVersion::V311, params).await)
+        }
+        (Broker::Mqtt { port }, Client::Python) => {
+            let (port, params) = (*port, params.clone());
+            tokio::task::spawn_blocking(move || python::paho(port, &params))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        (Broker::Gcp { host }, Client::Raw) => Ok(clients::raw_gcp(host, params).await),
+        (Broker::Gcp { host }, Client::Python) => {
+            let (host, params) = (host.clone(), params.clone());
+            tokio::task::spawn_blocking(move || python::pubsub(&host, &params))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        (broker, _) => Err(format!(
+            "that client does not exist for the {} backend",
+            broker.backend()
+        )),
+    }
+}
+
+/// The clients compared on a backend, each with the params it runs with.
+fn lineup(backend: Backend, params: &Params, python: bool) -> Vec<(Client, Params)> {
+    let mut clients = match backend {
+        Backend::Memory => vec![(Client::Bus, params.clone()), (Client::Raw, params.clone())],
+        Backend::Mqtt => vec![
+            (Client::Bus, params.clone()),
+            (Client::Raw, params.clone()),
+            (Client::RawV311, params.clone()),
+        ],
+        Backend::Gcp => {
+            let mut one_stream = params.clone();
+            one_stream.streams = 1;
+            let mut lineup = vec![(Client::Bus, params.clone()), (Client::Raw, params.clone())];
+            if params.streams != 1 {
+                lineup.insert(1, (Client::Bus, one_stream));
+            }
+            lineup
+        }
+    };
+    if python && backend != Backend::Memory {
+        clients.push((Client::Python, params.clone()));
+    }
+    clients
+}
+
+async fn compare(common: &Common, runs: usize, python: bool) -> Result<Vec<BenchResult>, String> {
+    let params = common.params()?;
+    let running = Running::start(common.backend);
+    let broker = running.broker();
+    let mut results = Vec::new();
+    for (client, params) in lineup(common.backend, &params, python) {
+        // Warm-up: connections, JIT of the emulator and the Python interpreter, page cache.
+        let mut warm_up = params.clone();
+        warm_up.messages = (params.messages / 10).clamp(1, 10_000);
+        run_client(&broker, client, &warm_up).await?;
+        let mut measured = Vec::new();
+        for _ in 0..runs.max(1) {
+            measured.push(run_client(&broker, client, &params).await?);
+        }
+        results.extend(measure::median(measured));
+    }
+    Ok(results)
+}
+
+fn print(results: &[BenchResult], json: bool) {
+    let mut stdout = std::io::stdout();
+    let text = if json {
+        report::json_lines(results)
+    } else {
+        report::table(results)
+    };
+    let _ = stdout.write_all(text.as_bytes());
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Compare {
+                common,
+                runs,
+                no_python,
+                chart,
+            } => {
+                let results = compare(&common, runs, !no_python).await?;
+                print(&results, common.json);
+                if let Some(path) = chart {
+                    report::chart(&results, &path)?;
+                }
+                Ok(())
+            }
+            Command::Run { common, client } => {
+                let params = common.params()?;
+                let running = Running::start(common.backend);
+                let result = run_client(&running.broker(), client, &params).await?;
+                print(&[result], common.json);
+                Ok(())
+            }
+            Command::Backpressure {
+                messages,
+                payload,
+                max_queued_bytes,
+                stall_secs,
+                json,
+            } => {
+                if payload < HEADER_BYTES {
+                    return Err(format!("--payload must be at least {HEADER_BYTES}"));
+                }
+                let report = scenarios::backpressure(
+                    messages,
+                    payload,
+                    max_queued_bytes,
+                    Duration::from_secs(stall_secs),
+                )
+                .await;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).map_err(|e| e.to_string())?
+                    );
+                } else {
+                    println!("{report:#?}");
+                }
+                if report.delivered != messages {
+                    return Err(format!(
+                        "{} of {messages} messages lost",
+                        messages - report.delivered
+                    ));
+                }
+                Ok(())
+            }
+            Command::LossCheck {
+                messages,
+                payload,
+                json,
+            } => {
+                let results = scenarios::mosquitto_queue_limit(messages, payload).await;
+                for result in &results {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string(result).map_err(|e| e.to_string())?
+                        );
+                    } else {
+                        println!(
+                            "{:<48} {:>8} published {:>8} delivered {:>8} lost",
+                            result.config, result.messages, result.delivered, result.lost
+                        );
+                    }
+                }
+                match results.first() {
+                    Some(shipped) if shipped.lost > 0 => Err(format!(
+                        "the shipped Mosquitto config lost {} of {messages} messages",
+                        shipped.lost
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            Command::Chart { input, output } => {
+                let text = std::fs::read_to_string(&input)
+                    .map_err(|e| format!("{}: {e}", input.display()))?;
+                let results: Vec<BenchResult> = text
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with('{'))
+                    .map(serde_json::from_str)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("{}: {e}", input.display()))?;
+                report::chart(&results, &output)
+            }
+        }
+    });
+    if let Err(message) = outcome {
+        eprintln!("bus-bench: {message}");
+        std::process::exit(1);
+    }
+}

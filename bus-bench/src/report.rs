@@ -1,0 +1,134 @@
+//! Printing results: a human table with ratios, JSON lines, and the SVG chart.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::measure::BenchResult;
+
+/// The results as a table, then the ratios of bus to the other clients.
+pub fn table(results: &[BenchResult]) -> String {
+    let mut text = format!(
+        "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12} {:>12} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
+        "backend",
+        "client",
+        "variant",
+        "messages",
+        "payload",
+        "publish/s",
+        "e2e/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "lost",
+        "dups"
+    );
+    for r in results {
+        text.push_str(&format!(
+            "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12.0} {:>12.0} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
+            r.backend,
+            r.client,
+            r.variant,
+            r.messages,
+            r.payload_bytes,
+            r.publish_msgs_per_s,
+            r.e2e_msgs_per_s,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.lost,
+            r.duplicates
+        ));
+    }
+    for bus in results.iter().filter(|r| r.client == "bus") {
+        for other in results
+            .iter()
+            .filter(|r| r.client != "bus" && r.backend == bus.backend)
+        {
+            text.push_str(&format!(
+                "bus ({}) / {} ({}): publish {:.2}x, end-to-end {:.2}x\n",
+                bus.variant,
+                other.client,
+                other.variant,
+                bus.publish_msgs_per_s / other.publish_msgs_per_s.max(f64::MIN_POSITIVE),
+                bus.e2e_msgs_per_s / other.e2e_msgs_per_s.max(f64::MIN_POSITIVE),
+            ));
+        }
+    }
+    text
+}
+
+/// One JSON object per line.
+pub fn json_lines(results: &[BenchResult]) -> String {
+    results
+        .iter()
+        .filter_map(|r| serde_json::to_string(r).ok())
+        .map(|line| line + "\n")
+        .collect()
+}
+
+/// A bar chart of end-to-end throughput by backend and client (log scale), as SVG.
+pub fn chart(results: &[BenchResult], path: &Path) -> Result<(), String> {
+    let bars: Vec<(String, f64)> = results
+        .iter()
+        .map(|r| {
+            (
+                format!("{} {} ({})", r.backend, r.client, r.variant),
+                r.e2e_msgs_per_s.max(1.0),
+            )
+        })
+        .collect();
+    if bars.is_empty() {
+        return Err("no results to chart".into());
+    }
+    let height = 80 + 34 * bars.len() as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let max = bars.iter().map(|(_, v)| *v).fold(1.0, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "bus-bench: end-to-end msgs/s (log scale, median of runs)",
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(330)
+        .build_cartesian_2d((1.0..max).log_scale(), 0..bars.len() as i32)
+        .map_err(|e| e.to_string())?;
+    let labels = bars.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(bars.len())
+        .y_label_formatter(&|y| labels.get(*y as usize).cloned().unwrap_or_default())
+        .x_desc("messages per second")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let colour = |label: &str| {
+        if label.contains(" bus ") {
+            RGBColor(31, 119, 180)
+        } else if label.contains(" raw ") {
+            RGBColor(127, 127, 127)
+        } else {
+            RGBColor(255, 127, 14)
+        }
+    };
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, (label, value))| {
+            Rectangle::new(
+                [(1.0, i as i32), (*value, i as i32 + 1)],
+                colour(label).filled(),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, (_, value))| {
+            Text::new(
+                format!("{value:.0}"),
+                (*value * 1.05, i as i32 + 1),
+                ("sans-serif", 13),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
