@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -124,7 +125,8 @@ pub trait Acker: Send + Sync + 'static {
 /// redelivered once its subscription's ack deadline passes. Both consume the delivery.
 pub struct Delivery {
     message: Message,
-    id: String,
+    // Shared: a backend that keeps the id (the in-memory broker) hands it out without a copy.
+    id: Arc<str>,
     attempt: u32,
     topic: Topic,
     acker: Box<dyn Acker>,
@@ -135,7 +137,7 @@ impl Delivery {
     /// (1 for the first delivery), the topic it was published to and how to settle it.
     pub fn new(
         message: Message,
-        id: impl Into<String>,
+        id: impl Into<Arc<str>>,
         attempt: u32,
         topic: Topic,
         acker: Box<dyn Acker>,
@@ -223,7 +225,7 @@ impl fmt::Debug for Delivery {
 /// The settling half of a [`Delivery`] whose message was taken out with
 /// [`Delivery::into_parts`].
 pub struct DeliveryHandle {
-    id: String,
+    id: Arc<str>,
     attempt: u32,
     topic: Topic,
     acker: Box<dyn Acker>,

@@ -146,6 +146,9 @@ struct BrokerInner {
 #[derive(Default)]
 struct TopicState {
     subscriptions: RwLock<BTreeMap<String, Arc<SubscriptionState>>>,
+    /// The same subscriptions as a list that publishers clone without allocating; rebuilt on
+    /// the (rare) subscribe that adds one.
+    fan_out: RwLock<Arc<[Arc<SubscriptionState>]>>,
 }
 
 impl MemoryBroker {
@@ -275,59 +278,33 @@ impl MemoryBroker {
     async fn publish_message(&self, topic: &Topic, message: Message) -> Result<String> {
         let inner = &self.inner;
         inner.capabilities.check_message(BACKEND, &message)?;
-        let id = inner
-            .next_message_id
-            .fetch_add(1, Ordering::Relaxed)
-            .to_string();
-        let subscriptions: Vec<_> = read(&self.topic(topic).subscriptions)
-            .values()
-            .cloned()
-            .collect();
+        let number = inner.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let mut digits = itoa::Buffer::new();
+        let id = digits.format(number);
+        let subscriptions = read(&self.topic(topic).fan_out).clone();
         if subscriptions.is_empty() {
-            return Ok(id);
+            return Ok(id.to_string());
         }
         let weight = message_weight(&message);
         // Reserve room everywhere first, so a message is stored in all subscriptions or none.
-        let mut reserved = Vec::with_capacity(subscriptions.len());
-        for subscription in &subscriptions {
-            subscription
-                .reserve(weight, inner.publish_timeout())
-                .await?;
-            reserved.push(Reservation {
-                subscription,
-                weight,
-            });
+        for (reserved, subscription) in subscriptions.iter().enumerate() {
+            if let Err(e) = subscription.reserve(weight, inner.publish_timeout()).await {
+                for subscription in &subscriptions[..reserved] {
+                    subscription.room.add_permits(weight as usize);
+                }
+                return Err(e);
+            }
         }
         let stored = Arc::new(StoredMessage {
-            id: id.clone(),
+            id: Arc::from(id),
             topic: topic.clone(),
             message,
             weight,
         });
-        for reservation in reserved {
-            reservation.commit(stored.clone());
+        for subscription in subscriptions.iter() {
+            subscription.enqueue(stored.clone());
         }
-        Ok(id)
-    }
-}
-
-/// Room taken in one subscription for one message; given back if the publish fails before the
-/// message is stored.
-struct Reservation<'a> {
-    subscription: &'a Arc<SubscriptionState>,
-    weight: u32,
-}
-
-impl Reservation<'_> {
-    fn commit(self, message: Arc<StoredMessage>) {
-        self.subscription.enqueue(message);
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.subscription.room.add_permits(self.weight as usize);
+        Ok(id.to_string())
     }
 }
 
@@ -374,7 +351,7 @@ pub struct MemorySubscriber {
 }
 
 struct StoredMessage {
-    id: String,
+    id: Arc<str>,
     topic: Topic,
     message: Message,
     weight: u32,
@@ -412,10 +389,25 @@ struct Queue {
     /// Ordered subscriptions: for each ordering key with a message ready or in flight, the
     /// later messages with that key, waiting their turn.
     waiting_by_key: HashMap<String, VecDeque<Queued>>,
-    /// Deliveries not yet settled, by delivery tag. Tags grow with time and every delivery gets
-    /// the same ack deadline, so the first entry is always the first to expire.
-    in_flight: BTreeMap<u64, InFlight>,
-    next_tag: u64,
+    /// Deliveries not yet settled, in delivery-tag order from tag `first_tag`; settled ones
+    /// leave a `None` until the front is trimmed. Every delivery gets the same ack deadline, so
+    /// the front is always the first to expire (and a ring needs no allocation per message).
+    in_flight: VecDeque<Option<InFlight>>,
+    first_tag: u64,
+}
+
+impl Queue {
+    /// Takes the delivery with `tag` out of flight, if it still is, and trims settled entries
+    /// off the front.
+    fn take_in_flight(&mut self, tag: u64) -> Option<InFlight> {
+        let index = usize::try_from(tag.checked_sub(self.first_tag)?).ok()?;
+        let taken = self.in_flight.get_mut(index)?.take();
+        while let Some(None) = self.in_flight.front() {
+            self.in_flight.pop_front();
+            self.first_tag += 1;
+        }
+        taken
+    }
 }
 
 impl SubscriptionState {
@@ -486,17 +478,20 @@ impl SubscriptionState {
         let now = Instant::now();
         let mut dead = Vec::new();
         let mut queue = lock(&self.queue);
-        while let Some(entry) = queue.in_flight.first_entry() {
-            if entry.get().deadline > now {
-                break;
+        while queue
+            .in_flight
+            .front()
+            .and_then(Option::as_ref)
+            .is_some_and(|front| front.deadline <= now)
+        {
+            let front = queue.first_tag;
+            if let Some(expired) = queue.take_in_flight(front) {
+                self.retry_or_dead_letter(&mut queue, expired.queued, &mut dead);
             }
-            let expired = entry.remove().queued;
-            self.retry_or_dead_letter(&mut queue, expired, &mut dead);
         }
         let delivery = queue.ready.pop_front().map(|mut queued| {
             queued.deliveries += 1;
-            let tag = queue.next_tag;
-            queue.next_tag += 1;
+            let tag = queue.first_tag + queue.in_flight.len() as u64;
             let delivery = Delivery::new(
                 queued.message.message.clone(),
                 queued.message.id.clone(),
@@ -508,11 +503,17 @@ impl SubscriptionState {
                 }),
             );
             let deadline = now + self.options.ack_deadline;
-            queue.in_flight.insert(tag, InFlight { queued, deadline });
+            queue
+                .in_flight
+                .push_back(Some(InFlight { queued, deadline }));
             delivery
         });
         let more_ready = delivery.is_some() && !queue.ready.is_empty();
-        let next_deadline = queue.in_flight.first_key_value().map(|(_, f)| f.deadline);
+        let next_deadline = queue
+            .in_flight
+            .front()
+            .and_then(Option::as_ref)
+            .map(|f| f.deadline);
         drop(queue);
         if more_ready {
             // Another consumer may be waiting for the rest.
@@ -606,7 +607,7 @@ impl SubscriptionState {
         let mut dead = Vec::new();
         let mut queue = lock(&self.queue);
         // A delivery that already expired (or was settled) is no longer in flight: nothing to do.
-        let Some(in_flight) = queue.in_flight.remove(&tag) else {
+        let Some(in_flight) = queue.take_in_flight(tag) else {
             return dead;
         };
         if ack {
@@ -648,6 +649,9 @@ impl Subscriber for MemorySubscriber {
                 })
             })
             .clone();
+        if read(&topic_state.fan_out).len() != subscriptions.len() {
+            *write(&topic_state.fan_out) = subscriptions.values().cloned().collect();
+        }
         if state.options != options {
             tracing::warn!(
                 topic = %topic,
