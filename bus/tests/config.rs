@@ -242,7 +242,11 @@ fn a_service_name_is_the_default_mqtt_client_id() {
         jail.set_env("BUS_MQTT__CLIENT_ID", "llm-dispatch-2");
         let config = Config::load_as("llm-dispatch").expect("valid");
         let mqtt: figment::value::Dict = config.section("mqtt").expect("mqtt section");
-        assert_eq!(mqtt["client_id"].as_str(), Some("llm-dispatch-2"), "config wins");
+        assert_eq!(
+            mqtt["client_id"].as_str(),
+            Some("llm-dispatch-2"),
+            "config wins"
+        );
         Ok(())
     });
 }
@@ -256,7 +260,10 @@ fn cloudevents_mode_and_prefix_follow_config_and_backend() {
 
         jail.set_env("BUS_CLOUDEVENTS__MODE", "binary");
         let format = Config::load().expect("valid").event_format();
-        assert_eq!((format.mode, format.prefix.as_str()), (EventMode::Binary, PUBSUB_PREFIX));
+        assert_eq!(
+            (format.mode, format.prefix.as_str()),
+            (EventMode::Binary, PUBSUB_PREFIX)
+        );
 
         jail.set_env("BUS_BACKEND", "mqtt");
         assert_eq!(Config::load().unwrap().event_format().prefix, MQTT_PREFIX);
