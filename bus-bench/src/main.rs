@@ -115,9 +115,11 @@ struct Common {
     /// Payload bytes (at least 16: the timestamp and sequence number).
     #[arg(long, default_value_t = 1024)]
     payload: usize,
-    /// Concurrent publishing tasks.
-    #[arg(long, default_value_t = 64)]
-    publishers: usize,
+    /// Publishes in flight at once (concurrent publishing tasks). Default: memory 64; mqtt and
+    /// gcp 1024, the raw rumqttc client's request queue (the raw and Python clients pipeline
+    /// without waiting for each confirmation).
+    #[arg(long)]
+    publishers: Option<usize>,
     /// Competing consumers (bus client).
     #[arg(long, default_value_t = 1)]
     consumers: usize,
@@ -203,7 +205,11 @@ impl Common {
                 self.payload
             ));
         }
-        if self.publishers == 0 || self.consumers == 0 || self.streams == 0 {
+        let publishers = self.publishers.unwrap_or(match self.backend {
+            Backend::Memory => 64,
+            Backend::Mqtt | Backend::Gcp => 1024,
+        });
+        if publishers == 0 || self.consumers == 0 || self.streams == 0 {
             return Err("--publishers, --consumers and --streams must be at least 1".into());
         }
         if self.qos > 2 {
@@ -223,7 +229,7 @@ impl Common {
         Ok(Params {
             messages,
             payload: self.payload,
-            publishers: self.publishers,
+            publishers,
             consumers: self.consumers,
             qos: self.qos,
             streams: self.streams,

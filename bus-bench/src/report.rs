@@ -93,14 +93,22 @@ pub fn chart(results: &[BenchResult], path: &Path) -> Result<(), String> {
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(330)
-        .build_cartesian_2d((1.0..max).log_scale(), 0..bars.len() as i32)
+        .build_cartesian_2d(
+            (1.0..max).log_scale(),
+            (0..bars.len() as i32).into_segmented(),
+        )
         .map_err(|e| e.to_string())?;
     let labels = bars.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>();
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(bars.len())
-        .y_label_formatter(&|y| labels.get(*y as usize).cloned().unwrap_or_default())
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                labels.get(*i as usize).cloned().unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        })
         .x_desc("messages per second")
         .draw()
         .map_err(|e| e.to_string())?;
@@ -116,7 +124,10 @@ pub fn chart(results: &[BenchResult], path: &Path) -> Result<(), String> {
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (label, value))| {
             Rectangle::new(
-                [(1.0, i as i32), (*value, i as i32 + 1)],
+                [
+                    (1.0, SegmentValue::Exact(i as i32)),
+                    (*value, SegmentValue::Exact(i as i32 + 1)),
+                ],
                 colour(label).filled(),
             )
         }))
@@ -125,7 +136,7 @@ pub fn chart(results: &[BenchResult], path: &Path) -> Result<(), String> {
         .draw_series(bars.iter().enumerate().map(|(i, (_, value))| {
             Text::new(
                 format!("{value:.0}"),
-                (*value * 1.05, i as i32 + 1),
+                (*value * 1.05, SegmentValue::CenterOf(i as i32)),
                 ("sans-serif", 13),
             )
         }))
