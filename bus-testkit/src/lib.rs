@@ -26,7 +26,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bus_core::{Capabilities, Publisher, Result, Subscriber};
 
-pub mod bench;
 pub mod contract;
 pub mod emulator;
 pub mod fault_proxy;

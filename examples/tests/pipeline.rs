@@ -7,11 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bus::cloudevents::{AttributesReader, EventSubscription};
-use bus::{SubscriptionOptions, Topic};
-use bus_examples::schema::{
-    PatchEvaluation, Verdict, PATCH_EVALUATION_TOPIC, PATCH_EVALUATION_TYPE,
-};
+use bus::cloudevents::AttributesReader;
+use bus::Topic;
+use bus_examples::schema::{Verdict, PATCH_EVALUATION_TYPE};
 use bus_testkit::mosquitto::Mosquitto;
 use common::{BrokerEnv, Example};
 
@@ -23,15 +21,7 @@ async fn four_services(env: BrokerEnv, producer_mode: &str, service_vars: &[(&st
     // The test reads the published evaluations like any other consumer would.
     let bus = bus::connect(&env.config()).await.expect("test connects");
     let env = env.with(service_vars);
-    let evaluations = EventSubscription::<PatchEvaluation>::new(
-        bus.subscriber
-            .subscribe(
-                &Topic::new(PATCH_EVALUATION_TOPIC).unwrap(),
-                SubscriptionOptions::new("test-observer").unwrap(),
-            )
-            .await
-            .expect("subscribe to evaluations"),
-    );
+    let evaluations = common::observe_evaluations(&bus).await;
 
     let mut evaluator = Example::start(
         "patch-evaluation",

@@ -8,9 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use bus::cloudevents::EventSubscription;
-use bus::{SubscriptionOptions, Topic};
-use bus_examples::schema::{PatchEvaluation, Verdict, PATCH_EVALUATION_TOPIC};
+use bus_examples::schema::Verdict;
 use bus_testkit::mosquitto::Mosquitto;
 use common::{BrokerEnv, Example};
 
@@ -19,15 +17,7 @@ async fn a_crash_detail_from_python_is_evaluated() {
     let broker = Mosquitto::start();
     let env = BrokerEnv::mosquitto(&broker);
     let bus = bus::connect(&env.config()).await.expect("test connects");
-    let evaluations = EventSubscription::<PatchEvaluation>::new(
-        bus.subscriber
-            .subscribe(
-                &Topic::new(PATCH_EVALUATION_TOPIC).unwrap(),
-                SubscriptionOptions::new("test-observer").unwrap(),
-            )
-            .await
-            .unwrap(),
-    );
+    let evaluations = common::observe_evaluations(&bus).await;
     let mut evaluator = Example::start(
         "patch-evaluation",
         &[],

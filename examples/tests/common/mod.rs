@@ -294,3 +294,17 @@ impl Drop for Example {
         let _ = self.child.wait();
     }
 }
+
+/// Subscribes the test itself to the published evaluations, as `test-observer`.
+pub async fn observe_evaluations(
+    bus: &bus::Bus,
+) -> bus::cloudevents::EventSubscription<bus_examples::schema::PatchEvaluation> {
+    let topic = bus::Topic::new(bus_examples::schema::PATCH_EVALUATION_TOPIC).unwrap();
+    let options = bus::SubscriptionOptions::new("test-observer").unwrap();
+    bus::cloudevents::EventSubscription::new(
+        bus.subscriber
+            .subscribe(&topic, options)
+            .await
+            .expect("subscribe to evaluations"),
+    )
+}
