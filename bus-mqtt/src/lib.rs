@@ -162,12 +162,18 @@ impl Publisher for MqttPublisher {
         let props = properties(&message, &id, None);
         let give_up = Instant::now() + self.retry_unmatched;
         let mut pause = Duration::from_millis(20);
+        if self.retry_unmatched.is_zero() {
+            self.connection
+                .publish(topic.as_str(), message.payload, props)
+                .await?;
+            return Ok(id);
+        }
         loop {
             let matched = self
                 .connection
                 .publish(topic.as_str(), message.payload.clone(), props.clone())
                 .await?;
-            if matched == Matched::Yes || self.retry_unmatched.is_zero() {
+            if matched == Matched::Yes {
                 return Ok(id);
             }
             if Instant::now() + pause > give_up {
@@ -417,7 +423,7 @@ struct Received {
 struct InFlight {
     received: Received,
     message: Message,
-    id: String,
+    id: Arc<str>,
     attempt: u32,
     deadline: Instant,
 }
@@ -461,7 +467,9 @@ impl Consumer {
             attempt = attempt.max(2);
         }
         // Plain MQTT clients send no id: make one up so the delivery still has one.
-        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let id: Arc<str> = id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+            .into();
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.options.ack_deadline;
         let delivery = Delivery::new(
