@@ -8,4 +8,8 @@ mkdir -p /mosquitto/config
 cp /bus/mosquitto.conf /bus/acl /mosquitto/config/
 mosquitto_passwd -b -c /mosquitto/config/passwd "$BUS_MQTT__USERNAME" "$BUS_MQTT__PASSWORD"
 chmod 0700 /mosquitto/config/passwd /mosquitto/config/acl
+# Mosquitto drops to its own user (uid 1883 in the image) and reads these files as that user.
+if id mosquitto >/dev/null 2>&1; then
+  chown mosquitto:mosquitto /mosquitto/config/passwd /mosquitto/config/acl
+fi
 exec mosquitto -c /mosquitto/config/mosquitto.conf
