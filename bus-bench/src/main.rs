@@ -12,6 +12,10 @@
 //! Every message carries its send time and a sequence number: the consumer side reports
 //! end-to-end latency percentiles, and every message is accounted for (lost, duplicates).
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod clients;
 mod measure;
 mod python;
@@ -319,6 +323,15 @@ async fn compare(common: &Common, runs: usize, python: bool) -> Result<Vec<Bench
     Ok(results)
 }
 
+/// Marks results measured with a non-default global allocator.
+fn label_allocator(results: &mut [BenchResult]) {
+    if cfg!(feature = "mimalloc") {
+        for result in results {
+            result.variant.push_str(" [mimalloc]");
+        }
+    }
+}
+
 fn print(results: &[BenchResult], json: bool) {
     let mut stdout = std::io::stdout();
     let text = if json {
@@ -344,7 +357,8 @@ fn main() {
                 no_python,
                 chart,
             } => {
-                let results = compare(&common, runs, !no_python).await?;
+                let mut results = compare(&common, runs, !no_python).await?;
+                label_allocator(&mut results);
                 print(&results, common.json);
                 if let Some(path) = chart {
                     report::chart(&results, &path)?;
@@ -354,8 +368,9 @@ fn main() {
             Command::Run { common, client } => {
                 let params = common.params()?;
                 let running = Running::start(common.backend);
-                let result = run_client(&running.broker(), client, &params).await?;
-                print(&[result], common.json);
+                let mut result = [run_client(&running.broker(), client, &params).await?];
+                label_allocator(&mut result);
+                print(&result, common.json);
                 Ok(())
             }
             Command::Backpressure {
