@@ -17,6 +17,11 @@ pub struct Capabilities {
     pub competing_consumers: bool,
     /// Messages published while no consumer is attached are kept for the subscription.
     pub durable: bool,
+    /// A consumer that attaches to a subscription after another one went away (closed,
+    /// dropped, crashed or cut off) receives, within the ack deadline, what the departed one
+    /// held and what was published since. A backend without it loses nothing, but such
+    /// messages can wait for a time it cannot bound.
+    pub prompt_handover: bool,
     /// [`Delivery::nack`](crate::Delivery::nack) causes a redelivery.
     pub nack: bool,
     /// A delivery that is not settled within the ack deadline is redelivered.
@@ -135,6 +140,7 @@ impl Capabilities {
             fan_out: true,
             competing_consumers: true,
             durable: true,
+            prompt_handover: true,
             nack: true,
             ack_deadline: true,
             min_ack_deadline: Duration::from_millis(1),

@@ -41,6 +41,17 @@ pub trait Subscriber: Send + Sync {
         options: SubscriptionOptions,
     ) -> Result<Box<dyn Subscription>>;
 
+    /// Makes sure the subscription `options.name` on `topic` exists, without attaching a
+    /// consumer: from now on it keeps every message published to `topic`, for consumers that
+    /// attach later. Services call it at start-up so that nothing published before their first
+    /// `subscribe` is missed. Creating what exists is not an error.
+    ///
+    /// The default attaches a consumer and closes it again; backends that can create a
+    /// subscription on its own (Pub/Sub's admin API) override it.
+    async fn create_subscription(&self, topic: &Topic, options: SubscriptionOptions) -> Result<()> {
+        self.subscribe(topic, options).await?.close().await
+    }
+
     /// Closes every subscription made by this subscriber. Idempotent.
     async fn close(&self) -> Result<()>;
 
