@@ -36,10 +36,12 @@ pub struct GcpConfig {
     /// message id, so this is added to each one's latency. Default 1 ms (the crate's is 10 ms).
     #[serde(default = "defaults::publish_batch_delay_ms")]
     pub publish_batch_delay_ms: u64,
-    /// Flow control: most unacked messages one consumer holds. Default 1,000.
+    /// Flow control: most unacked messages one consumer holds. Default 1,000. (Google's
+    /// emulator ignores it.)
     #[serde(default = "defaults::max_outstanding_messages")]
     pub max_outstanding_messages: i64,
-    /// Flow control: most unacked bytes one consumer holds. Default 100 MiB.
+    /// Flow control: most unacked bytes one consumer holds. Default 100 MiB. (Google's
+    /// emulator ignores it.)
     #[serde(default = "defaults::max_outstanding_bytes")]
     pub max_outstanding_bytes: i64,
     /// Streaming pulls per consumer. The emulator serves each stream about 2,000 messages/s and

@@ -31,9 +31,29 @@
 //!
 //! Set `PUBSUB_EMULATOR_HOST=HOST:PORT` (or `gcp.endpoint = "http://HOST:PORT"`): bus-gcp then
 //! uses a plain-text connection with anonymous credentials (the crate itself ignores that
-//! variable). The emulator passes the whole contract suite, dead-lettering included. One
-//! difference measured: messages a closed consumer had prefetched come back only when their ack
-//! deadline expires, in steps of about 10 s (gaps of up to 40 s), not at once.
+//! variable). The emulator passes the contract suite, dead-lettering included, except where it
+//! differs from Pub/Sub (measured against cloud-pubsub-emulator 0.8.20, the one in the Cloud SDK):
+//!
+//! - **Phantom streams.** The emulator ends a streaming pull only when the client half-closes
+//!   it. google-cloud-pubsub ends its streams by cancelling them, and a lost connection is a
+//!   cancel too, so the stream of every consumer that went away (closed, dropped, crashed or
+//!   cut off) stays registered: the emulator keeps taking the subscription's messages for it
+//!   (up to 100 every 50 ms) and sending them nowhere. Each comes back when its ack deadline
+//!   (the stream's, at least 10 s) expires, and is often taken by the same phantom again, so
+//!   while any consumer is attached a taken message arrives late, usually after 10 s but
+//!   sometimes after minutes; with none attached the phantom takes everything published.
+//!   Nothing is lost. Phantoms end when their subscription is deleted or the emulator stops.
+//!   The capabilities say so (`prompt_handover` is false on an emulator), and
+//!   `tests/emulator.rs` shows it. Real Pub/Sub sends nothing to a cancelled stream.
+//! - **No flow control.** The emulator ignores `max_outstanding_messages` and `_bytes`; it
+//!   sends each stream up to 100 messages every 50 ms (about 2,000 messages/s, which is why
+//!   [`GcpConfig::streams`] helps there). bus-gcp still reads one batch at a time, so a slow
+//!   consumer's memory stays bounded, but what waits unread on the connection expires and
+//!   is sent again.
+//!
+//! Create subscriptions before publishing to them ([`Subscriber::create_subscription`], or
+//! `pubsub-emulator/bootstrap.sh`) rather than by attaching and closing a consumer, which
+//! leaves a phantom behind.
 //!
 //! # Real Google Cloud
 //!
@@ -83,11 +103,12 @@ pub use config::{GcpConfig, EMULATOR_HOST_VAR};
 /// The backend's name, as reported in errors.
 pub const BACKEND: &str = "gcp";
 
-/// What Pub/Sub supports. Google's emulator passes the same contract suite, dead-lettering
-/// included, so `emulator` changes nothing today; it is kept so a gap can be declared.
+/// What Pub/Sub supports. Google's emulator lacks prompt hand-over: it keeps streaming to the
+/// connection of a consumer that went away (see the crate docs), so a consumer that attaches
+/// after it can wait a long time for what the departed one held or was sent.
 pub fn capabilities(emulator: bool) -> Capabilities {
-    let _ = emulator;
     Capabilities {
+        prompt_handover: !emulator,
         min_ack_deadline: Duration::from_secs(10),
         max_ack_deadline: Duration::from_secs(600),
         min_delivery_attempts: 5,
@@ -396,9 +417,8 @@ impl GcpBackend {
         }
     }
 
-    /// A subscriber client of its own for one consumer: dropping it closes its connection, so
-    /// the server stops streaming to a consumer that is gone (closing just the streams left
-    /// the emulator sending to them, stranding messages until their ack deadline).
+    /// A subscriber client (and so a connection) of its own for one consumer, so that one
+    /// consumer's streams and acks never queue behind another's.
     async fn subscriber_client(&self) -> Result<PubSubSubscriber> {
         let mut builder = PubSubSubscriber::builder();
         if let Some((endpoint, emulator)) = &self.inner.resolved {
@@ -583,6 +603,7 @@ impl Subscriber for GcpSubscriber {
         let max_lease = options.ack_deadline.saturating_sub(extension);
         let client = self.backend.subscriber_client().await?;
         let mut shutdowns = Vec::new();
+        let mut pumps = Vec::new();
         for _ in 0..inner.config.streams {
             let mut stream = client
                 .subscribe(path.clone())
@@ -594,7 +615,9 @@ impl Subscriber for GcpSubscriber {
                 .build();
             shutdowns.push(stream.shutdown_token());
             let (tx, closed, path) = (tx.clone(), closed.clone(), path.clone());
-            tokio::spawn(async move {
+            // The pump owns the stream: when it ends, the stream is dropped, which ends the
+            // RPC and then nacks whatever the client still holds.
+            pumps.push(tokio::spawn(async move {
                 loop {
                     // A slot first, then a message: a message taken off the stream is never
                     // dropped half-way because the consumer closed.
@@ -618,16 +641,28 @@ impl Subscriber for GcpSubscriber {
                         break;
                     }
                 }
-            });
+            }));
         }
         Ok(Box::new(GcpSubscription {
             client: Mutex::new(Some(client)),
             topic: topic.clone(),
             attempts: self.backend.attempt_counter(&path),
             incoming: tokio::sync::Mutex::new(rx),
+            pumps: Mutex::new(pumps),
             shutdowns,
             closed,
         }))
+    }
+
+    /// Creates the subscription with the admin API (when provisioning), or checks that it
+    /// exists; no stream is opened.
+    async fn create_subscription(&self, topic: &Topic, options: SubscriptionOptions) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Err(Error::closed(BACKEND, "subscriber"));
+        }
+        options.check(BACKEND, &self.backend.inner.capabilities)?;
+        self.backend.ensure_subscription(topic, &options).await?;
+        Ok(())
     }
 
     async fn close(&self) -> Result<()> {
@@ -647,6 +682,8 @@ pub struct GcpSubscription {
     topic: Topic,
     attempts: AttemptCounts,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Pulled>>,
+    /// The tasks that own the streams and move their messages into `incoming`.
+    pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdowns: Vec<ShutdownToken>,
     closed: CancellationToken,
 }
@@ -700,23 +737,23 @@ impl Subscription for GcpSubscription {
     }
 
     async fn close(&self) -> Result<()> {
-        // Messages pulled but not yet handed to the application go back now.
-        if let Ok(mut incoming) = self.incoming.try_lock() {
-            while let Ok(pulled) = incoming.try_recv() {
-                if let Ok((_, handler)) = pulled {
-                    handler.nack();
-                }
-            }
+        // End the streams first, so the server sends nothing more to this consumer; only then
+        // nack what it held (messages pulled but not handed out, and deliveries not settled).
+        // Nacking first let the server hand those messages straight back to the closing
+        // stream, where they waited out their ack deadline.
+        self.closed.cancel();
+        let pumps = std::mem::take(&mut *lock(&self.pumps));
+        for pump in pumps {
+            let _ = pump.await;
         }
-        // Then let the streams send pending acks and nack what the client still holds (so it
-        // is redelivered now, not after its lease), then stop the pumps and any receive.
+        // Dropping a stream starts its shutdown: pending acks are sent and everything still
+        // under lease is nacked. Wait for those calls, within reason.
         let shutdowns = self.shutdowns.iter().map(|token| token.shutdown());
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
             futures::future::join_all(shutdowns),
         )
         .await;
-        self.closed.cancel();
         lock(&self.client).take();
         Ok(())
     }
