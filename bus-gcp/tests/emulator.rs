@@ -53,6 +53,11 @@ fn rest(method: &str, path: &str, body: &Value) -> Value {
     value
 }
 
+/// A name no earlier run against the same emulator can have used.
+fn fresh(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -60,7 +65,7 @@ fn b64(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn a_message_published_over_rest_reaches_a_bus_consumer() {
     let backend = backend().await;
-    let topic = Topic::new("interop/from-rest").unwrap();
+    let topic = Topic::new(format!("interop/{}", fresh("from-rest"))).unwrap();
     let subscription = backend
         .subscriber()
         .subscribe(&topic, SubscriptionOptions::new("bus-consumer").unwrap())
@@ -94,12 +99,13 @@ async fn a_message_published_over_rest_reaches_a_bus_consumer() {
 #[tokio::test]
 async fn a_bus_message_is_pulled_byte_for_byte_over_rest() {
     let backend = backend().await;
-    let topic = Topic::new("interop/to-rest").unwrap();
+    let topic = Topic::new(format!("interop/{}", fresh("to-rest"))).unwrap();
     let topic_id = names::topic_id(&topic).unwrap();
+    let reader = fresh("rest-reader");
     rest("PUT", &format!("topics/{topic_id}"), &json!({}));
     rest(
         "PUT",
-        "subscriptions/rest-reader",
+        &format!("subscriptions/{reader}"),
         &json!({"topic": format!("projects/{PROJECT}/topics/{topic_id}")}),
     );
     let payload: Vec<u8> = (0..=255u8).rev().collect();
@@ -114,7 +120,7 @@ async fn a_bus_message_is_pulled_byte_for_byte_over_rest() {
     publisher.close().await.unwrap();
     let pulled = rest(
         "POST",
-        "subscriptions/rest-reader:pull",
+        &format!("subscriptions/{reader}:pull"),
         &json!({"maxMessages": 1}),
     );
     let message = &pulled["receivedMessages"][0]["message"];
@@ -127,6 +133,84 @@ async fn a_bus_message_is_pulled_byte_for_byte_over_rest() {
         "the wire payload is exactly the message payload"
     );
     assert_eq!(message["attributes"], json!({"k": "välue"}));
+}
+
+/// Pulls once over REST without waiting: the ids of the messages it got (and acks them).
+fn pull_now(subscription_id: &str) -> Vec<String> {
+    let pulled = rest(
+        "POST",
+        &format!("subscriptions/{subscription_id}:pull"),
+        &json!({"maxMessages": 10, "returnImmediately": true}),
+    );
+    let received = pulled["receivedMessages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ack_ids: Vec<Value> = received.iter().map(|m| m["ackId"].clone()).collect();
+    if !ack_ids.is_empty() {
+        rest(
+            "POST",
+            &format!("subscriptions/{subscription_id}:acknowledge"),
+            &json!({ "ackIds": ack_ids }),
+        );
+    }
+    received
+        .iter()
+        .filter_map(|m| m["message"]["messageId"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Documents a gap of the emulator, not a behaviour of bus: the emulator ends a streaming pull
+/// only when the client half-closes it. google-cloud-pubsub ends its streams by cancelling
+/// them (and a lost connection is a cancel too), so the stream of every consumer that went
+/// away stays registered on the emulator as a phantom that keeps taking the subscription's
+/// messages (up to 100 every 50 ms) and sending them nowhere, until their ack deadline
+/// brings them back. Real Pub/Sub sends nothing to a cancelled stream.
+///
+/// Two subscriptions on one topic, one of which had a consumer that closed: a message
+/// published afterwards can be pulled at once from the other, but not from the one with a
+/// phantom, until its ack deadline has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_keeps_streaming_to_a_consumer_that_left() {
+    let backend = backend().await;
+    let topic = Topic::new(format!("phantom/{}", fresh("t"))).unwrap();
+    let left = SubscriptionOptions::new(fresh("left")).unwrap();
+    let consumer = backend
+        .subscriber()
+        .subscribe(&topic, left.clone())
+        .await
+        .unwrap();
+    // The control subscription never has a consumer: created over REST.
+    let topic_path = backend.topic_path(&topic).unwrap();
+    let control_id = fresh("control");
+    rest(
+        "PUT",
+        &format!("subscriptions/{control_id}"),
+        &json!({ "topic": topic_path }),
+    );
+    // Let the consumer's stream open, then close the consumer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    consumer.close().await.unwrap();
+    drop(consumer);
+
+    let id = backend
+        .publisher()
+        .publish(&topic, Message::new("for nobody in particular"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let left_id = names::subscription_id(&left.name, &topic).unwrap();
+    // Within the 10 s ack deadline of the phantom's stream, the message is leased to it.
+    let leased_until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < leased_until {
+        assert_eq!(
+            pull_now(&left_id),
+            Vec::<String>::new(),
+            "the emulator leased the message to the closed consumer's stream"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(pull_now(&control_id), vec![id]);
 }
 
 #[tokio::test]
