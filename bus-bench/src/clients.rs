@@ -354,12 +354,11 @@ pub async fn raw_gcp(host: &str, params: &Params) -> BenchResult {
         .expect("connect");
     let topic = Topic::new(format!("bench/raw-{run}")).expect("topic");
     let options = SubscriptionOptions::new("bench").expect("name");
-    bus::Subscriber::subscribe(&backend.subscriber(), &topic, options.clone())
+    // The admin API only: a consumer attached and closed here would leave a phantom stream
+    // on the emulator, competing with the raw stream measured below.
+    bus::Subscriber::create_subscription(&backend.subscriber(), &topic, options.clone())
         .await
-        .expect("provision")
-        .close()
-        .await
-        .expect("close");
+        .expect("provision");
     let endpoint = format!("http://{host}");
     let anonymous = || google_cloud_auth_anonymous();
     let publisher = RawPublisher::builder(backend.topic_path(&topic).expect("path"))
