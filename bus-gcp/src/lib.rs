@@ -44,7 +44,8 @@
 //!   sometimes after minutes; with none attached the phantom takes everything published.
 //!   Nothing is lost. Phantoms end when their subscription is deleted or the emulator stops.
 //!   The capabilities say so (`prompt_handover` is false on an emulator), and
-//!   `tests/emulator.rs` shows it. Real Pub/Sub sends nothing to a cancelled stream.
+//!   `tests/emulator.rs` shows it. Pub/Sub itself ends a stream its client cancels (not
+//!   tested here: CI has no Google Cloud project).
 //! - **No flow control.** The emulator ignores `max_outstanding_messages` and `_bytes`; it
 //!   sends each stream up to 100 messages every 50 ms (about 2,000 messages/s, which is why
 //!   [`GcpConfig::streams`] helps there). bus-gcp still reads one batch at a time, so a slow
@@ -739,8 +740,8 @@ impl Subscription for GcpSubscription {
     async fn close(&self) -> Result<()> {
         // End the streams first, so the server sends nothing more to this consumer; only then
         // nack what it held (messages pulled but not handed out, and deliveries not settled).
-        // Nacking first let the server hand those messages straight back to the closing
-        // stream, where they waited out their ack deadline.
+        // Nacked while a stream is still open, a message can be sent straight back to it and
+        // then wait out its ack deadline on a stream nobody reads.
         self.closed.cancel();
         let pumps = std::mem::take(&mut *lock(&self.pumps));
         for pump in pumps {

@@ -165,7 +165,8 @@ fn pull_now(subscription_id: &str) -> Vec<String> {
 /// them (and a lost connection is a cancel too), so the stream of every consumer that went
 /// away stays registered on the emulator as a phantom that keeps taking the subscription's
 /// messages (up to 100 every 50 ms) and sending them nowhere, until their ack deadline
-/// brings them back. Real Pub/Sub sends nothing to a cancelled stream.
+/// brings them back. (Pub/Sub itself ends a stream its client cancels.) Should a later emulator
+/// end cancelled streams, this test fails, and the emulator's `prompt_handover` can be true.
 ///
 /// Two subscriptions on one topic, one of which had a consumer that closed: a message
 /// published afterwards can be pulled at once from the other, but not from the one with a
