@@ -46,8 +46,8 @@ pub trait Subscriber: Send + Sync {
     /// attach later. Services call it at start-up so that nothing published before their first
     /// `subscribe` is missed. Creating what exists is not an error.
     ///
-    /// The default attaches a consumer and closes it again; backends that can create a
-    /// subscription on its own (Pub/Sub's admin API) override it.
+    /// The default attaches a consumer and closes it again; a backend that can create a
+    /// subscription without a consumer overrides it.
     async fn create_subscription(&self, topic: &Topic, options: SubscriptionOptions) -> Result<()> {
         self.subscribe(topic, options).await?.close().await
     }

@@ -35,18 +35,22 @@ async fn connect(address: SocketAddr) -> GcpBackend {
         .expect("connect to the emulator")
 }
 
-fn fresh_topic(label: &str) -> Topic {
-    Topic::new(format!("faults/{label}/{}", uuid::Uuid::new_v4().simple())).unwrap()
+/// A proxy to the emulator, a backend through it, a backend straight to the emulator and a
+/// fresh topic.
+async fn setup(label: &str) -> (FaultProxy, GcpBackend, GcpBackend, Topic) {
+    let proxy = FaultProxy::start(emulator_address()).await;
+    let through_proxy = connect(proxy.address()).await;
+    let direct = connect(emulator_address()).await;
+    let topic = Topic::new(format!("faults/{label}/{}", uuid::Uuid::new_v4().simple())).unwrap();
+    (proxy, through_proxy, direct, topic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_publish_connections_are_cut_twice_under_load() {
     const PUBLISHERS: usize = 10;
     const EACH: usize = 1_000;
-    let proxy = Arc::new(FaultProxy::start(emulator_address()).await);
-    let through_proxy = connect(proxy.address()).await;
-    let direct = connect(emulator_address()).await;
-    let topic = fresh_topic("publish-cut");
+    let (proxy, through_proxy, direct, topic) = setup("publish-cut").await;
+    let proxy = Arc::new(proxy);
     let subscription = direct
         .subscriber()
         .subscribe(&topic, SubscriptionOptions::new("survivor").unwrap())
@@ -112,10 +116,7 @@ async fn publish_round_and_receive_one(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_keeps_receiving_after_its_connection_is_cut_twice() {
-    let proxy = FaultProxy::start(emulator_address()).await;
-    let through_proxy = connect(proxy.address()).await;
-    let direct = connect(emulator_address()).await;
-    let topic = fresh_topic("consumer-cut");
+    let (proxy, through_proxy, direct, topic) = setup("consumer-cut").await;
     let subscription = through_proxy
         .subscriber()
         .subscribe(&topic, SubscriptionOptions::new("survivor").unwrap())
