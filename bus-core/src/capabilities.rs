@@ -9,7 +9,20 @@ use crate::{Error, ErrorKind, Message, Result};
 ///
 /// Limits are checked by [`Capabilities::check_message`] before anything is sent, so an
 /// oversize message is a clear error, never a silent truncation.
+///
+/// Backends opt in: they start from [`Capabilities::none`] and switch on what they support, so a
+/// capability added later is off for every backend until it says otherwise.
+///
+/// ```
+/// use bus_core::Capabilities;
+///
+/// let mut caps = Capabilities::none();
+/// caps.fan_out = true;
+/// caps.durable = true;
+/// assert!(!caps.nack, "what a backend does not switch on stays off");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// Every subscription name receives every message.
     pub fan_out: bool,
@@ -56,7 +69,7 @@ impl Capabilities {
     /// ```
     /// use bus_core::{Capabilities, ErrorKind, Message};
     ///
-    /// let mut caps = Capabilities::everything();
+    /// let mut caps = Capabilities::none();
     /// caps.max_message_bytes = 4;
     /// let err = caps.check_message("memory", &Message::new("too long")).unwrap_err();
     /// assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
@@ -133,20 +146,21 @@ impl Capabilities {
         Ok(())
     }
 
-    /// Every capability, with Google Cloud Pub/Sub's limits: the most portable choice for a
-    /// backend that has no tighter limits of its own.
-    pub fn everything() -> Self {
+    /// No optional behaviour at all, any ack deadline accepted (none is enforced), and the
+    /// portable limits of Google Cloud Pub/Sub (10 MiB, 100 attributes, 256-byte keys,
+    /// 1024-byte values and ordering keys), which a backend tightens or loosens to its own.
+    pub fn none() -> Self {
         Capabilities {
-            fan_out: true,
-            competing_consumers: true,
-            durable: true,
-            prompt_handover: true,
-            nack: true,
-            ack_deadline: true,
-            min_ack_deadline: Duration::from_millis(1),
-            max_ack_deadline: Duration::from_secs(600),
-            ordering: true,
-            dead_letter: true,
+            fan_out: false,
+            competing_consumers: false,
+            durable: false,
+            prompt_handover: false,
+            nack: false,
+            ack_deadline: false,
+            min_ack_deadline: Duration::ZERO,
+            max_ack_deadline: Duration::MAX,
+            ordering: false,
+            dead_letter: false,
             min_delivery_attempts: 1,
             max_message_bytes: 10 * 1024 * 1024,
             max_attributes: 100,
@@ -154,5 +168,11 @@ impl Capabilities {
             max_attribute_value_bytes: 1024,
             max_ordering_key_bytes: 1024,
         }
+    }
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::none()
     }
 }

@@ -14,6 +14,7 @@
 //! should be idempotent (the [`Delivery::id`] is stable across redeliveries).
 #![deny(missing_docs)]
 
+pub mod backend;
 mod capabilities;
 #[cfg(feature = "cloudevents")]
 pub mod cloudevents;

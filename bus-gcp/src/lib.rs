@@ -108,19 +108,25 @@ pub const BACKEND: &str = "gcp";
 /// connection of a consumer that went away (see the crate docs), so a consumer that attaches
 /// after it can wait a long time for what the departed one held or was sent.
 pub fn capabilities(emulator: bool) -> Capabilities {
-    Capabilities {
-        prompt_handover: !emulator,
-        min_ack_deadline: Duration::from_secs(10),
-        max_ack_deadline: Duration::from_secs(600),
-        min_delivery_attempts: 5,
-        // 10 MB per request, with room for the request's own framing.
-        max_message_bytes: 10_000_000 - 64 * 1024,
-        max_attributes: 100,
-        max_attribute_key_bytes: 256,
-        max_attribute_value_bytes: 1024,
-        max_ordering_key_bytes: 1024,
-        ..Capabilities::everything()
-    }
+    let mut caps = Capabilities::none();
+    caps.fan_out = true;
+    caps.competing_consumers = true;
+    caps.durable = true;
+    caps.prompt_handover = !emulator;
+    caps.nack = true;
+    caps.ack_deadline = true;
+    caps.min_ack_deadline = Duration::from_secs(10);
+    caps.max_ack_deadline = Duration::from_secs(600);
+    caps.ordering = true;
+    caps.dead_letter = true;
+    caps.min_delivery_attempts = 5;
+    // 10 MB per request, with room for the request's own framing.
+    caps.max_message_bytes = 10_000_000 - 64 * 1024;
+    caps.max_attributes = 100;
+    caps.max_attribute_key_bytes = 256;
+    caps.max_attribute_value_bytes = 1024;
+    caps.max_ordering_key_bytes = 1024;
+    caps
 }
 
 // ---------------------------------------------------------------------------------------------

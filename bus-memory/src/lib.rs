@@ -126,6 +126,23 @@ impl MemoryConfig {
     }
 }
 
+/// What the in-memory backend supports with `config`: the whole contract.
+pub fn capabilities(config: &MemoryConfig) -> Capabilities {
+    let mut caps = Capabilities::none();
+    caps.fan_out = true;
+    caps.competing_consumers = true;
+    caps.durable = true;
+    caps.prompt_handover = true;
+    caps.nack = true;
+    caps.ack_deadline = true;
+    caps.min_ack_deadline = Duration::from_millis(1);
+    caps.max_ack_deadline = Duration::from_secs(600);
+    caps.ordering = true;
+    caps.dead_letter = true;
+    caps.max_message_bytes = config.max_message_bytes;
+    caps
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connect: the broker
 // ---------------------------------------------------------------------------------------------
@@ -155,10 +172,7 @@ impl MemoryBroker {
     /// A new, private broker.
     pub fn new(config: MemoryConfig) -> Result<Self> {
         config.validate()?;
-        let capabilities = Capabilities {
-            max_message_bytes: config.max_message_bytes,
-            ..Capabilities::everything()
-        };
+        let capabilities = capabilities(&config);
         Ok(MemoryBroker {
             inner: Arc::new(BrokerInner {
                 config,

@@ -47,21 +47,27 @@ pub struct MqttConfig {
     /// at-least-once delivery.
     pub qos: u8,
     /// How long the broker keeps a consumer's session (and queues its messages) while it is
-    /// disconnected. Default 86,400 s.
+    /// disconnected, and so how long a subscription without any consumer keeps its messages.
+    /// Default 86,400 s.
     pub session_expiry_secs: u32,
+    /// How long a consumer's connection may be gone before the other consumers of its
+    /// subscription take over what it held and what the broker queued for it (the MQTT 5 will
+    /// delay of its session); a consumer that reconnects sooner keeps them. Default 2 s.
+    pub handover_delay_secs: u32,
+    /// After a broker restart, how long a publish to a topic waits for the consumers of its
+    /// subscriptions to come back before bus anchors the missing subscriptions itself, so that
+    /// nothing published in the meantime is discarded. Subscriptions without a live consumer are
+    /// anchored at once. Default 3,000 ms.
+    pub restore_grace_ms: u64,
     /// MQTT keep-alive. Default 30 s.
     pub keep_alive_secs: u64,
     /// Largest MQTT packet sent or accepted. Default 16 MiB (rumqttc's own default is 10 KiB).
     pub max_packet_size: u32,
     /// Most unacked messages the broker sends one consumer (MQTT 5 receive maximum). Default 1000.
     pub receive_maximum: u16,
-    /// How long a publish waits for the broker's confirmation, across reconnects. Default 30 s.
+    /// How long a publish may take, across reconnects and broker restarts, before it fails with
+    /// a retryable error. Default 30 s.
     pub publish_timeout_ms: u64,
-    /// When the broker reports that no subscription matched a publish (MQTT 5 reason 16), keep
-    /// republishing it for up to this long before failing with `NotFound`. Default 0: such a
-    /// message is discarded, as with Pub/Sub. Set it where a topic always has a subscriber,
-    /// to ride out the moment after a Mosquitto restart before consumers have resubscribed.
-    pub retry_unmatched_ms: u64,
     /// How long connecting (and the first subscribe) may take before it is reported. Default 10 s.
     pub connect_timeout_ms: u64,
     /// First delay before reconnecting; doubled on each failure up to `reconnect_max_ms`, with
@@ -88,11 +94,12 @@ impl Default for MqttConfig {
             client_id: "bus".into(),
             qos: 1,
             session_expiry_secs: 86_400,
+            handover_delay_secs: 2,
+            restore_grace_ms: 3_000,
             keep_alive_secs: 30,
             max_packet_size: 16 * 1024 * 1024,
             receive_maximum: 1000,
             publish_timeout_ms: 30_000,
-            retry_unmatched_ms: 0,
             connect_timeout_ms: 10_000,
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
@@ -112,11 +119,12 @@ impl fmt::Debug for MqttConfig {
             .field("client_id", &self.client_id)
             .field("qos", &self.qos)
             .field("session_expiry_secs", &self.session_expiry_secs)
+            .field("handover_delay_secs", &self.handover_delay_secs)
+            .field("restore_grace_ms", &self.restore_grace_ms)
             .field("keep_alive_secs", &self.keep_alive_secs)
             .field("max_packet_size", &self.max_packet_size)
             .field("receive_maximum", &self.receive_maximum)
             .field("publish_timeout_ms", &self.publish_timeout_ms)
-            .field("retry_unmatched_ms", &self.retry_unmatched_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("reconnect_min_ms", &self.reconnect_min_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)

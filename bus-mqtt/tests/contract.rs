@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use bus_core::{Capabilities, Publisher, Result, Subscriber};
-use bus_mqtt::{MqttConfig, MqttPublisher, MqttSubscriber};
+use bus_mqtt::{MqttBackend, MqttConfig};
 use bus_testkit::mosquitto::Mosquitto;
 use bus_testkit::BackendFactory;
 
-struct MqttFactory(MqttConfig);
+struct MqttFactory(MqttBackend);
 
 #[async_trait::async_trait]
 impl BackendFactory for MqttFactory {
@@ -16,13 +16,13 @@ impl BackendFactory for MqttFactory {
         bus_mqtt::BACKEND
     }
     fn capabilities(&self) -> Capabilities {
-        bus_mqtt::capabilities(&self.0)
+        self.0.capabilities()
     }
     async fn publisher(&self) -> Result<Box<dyn Publisher>> {
-        Ok(Box::new(MqttPublisher::connect(&self.0).await?))
+        Ok(Box::new(self.0.publisher()))
     }
     async fn subscriber(&self) -> Result<Box<dyn Subscriber>> {
-        Ok(Box::new(MqttSubscriber::new(&self.0)?))
+        Ok(Box::new(self.0.subscriber()))
     }
 }
 
@@ -34,11 +34,16 @@ fn broker_url() -> String {
 }
 
 async fn factory() -> Arc<dyn BackendFactory> {
-    Arc::new(MqttFactory(MqttConfig {
+    let config = MqttConfig {
         url: broker_url(),
         client_id: format!("contract-{}", std::process::id()),
         ..MqttConfig::default()
-    }))
+    };
+    Arc::new(MqttFactory(
+        MqttBackend::connect(&config)
+            .await
+            .expect("connect to the broker"),
+    ))
 }
 
 bus_testkit::contract_suite!(factory());

@@ -1,26 +1,21 @@
-//! Faults against a real Mosquitto: broker restarts and outages, oversize messages, secrets in
-//! Debug. (A consumer that dies without acking is a contract scenario.)
+//! Faults against a real Mosquitto, with the default configuration: graceful broker restarts
+//! under load with the consumers attached or away, outages, oversize messages, secrets in
+//! Debug. Every message is counted per subscription.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::{Message, Publisher, Subscriber, SubscriptionOptions, Topic};
-use bus_mqtt::{MqttConfig, MqttPublisher, MqttSubscriber, Secret};
-use bus_testkit::faults::load_under_faults;
-use bus_testkit::mosquitto::Mosquitto;
-use futures::future::BoxFuture;
+use bus_mqtt::{MqttBackend, MqttConfig, Secret};
+use bus_testkit::faults::{Collector, Publishing, Tally};
+use bus_testkit::mosquitto::{broker_version, Mosquitto};
 
-fn broker() -> &'static Mosquitto {
-    Mosquitto::shared()
-}
-
-/// A config for this binary's broker, with client ids of its own.
-fn config() -> MqttConfig {
-    let client_id = format!("faults-{}", std::process::id());
+/// The default configuration, on `broker`, with client ids of its own.
+fn config_for(broker: &Mosquitto, label: &str) -> MqttConfig {
     MqttConfig {
-        url: broker().url(),
-        client_id,
+        url: broker.url(),
+        client_id: format!("{label}-{}", std::process::id()),
         ..MqttConfig::default()
     }
 }
@@ -37,81 +32,122 @@ fn the_password_never_appears_in_debug_output() {
     assert!(shown.contains("svc"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_is_lost_when_the_broker_restarts_twice_under_load() {
+/// 10 publishers × 1,000 messages to a topic with `subscriptions` subscriptions while the
+/// broker restarts twice (SIGTERM: Mosquitto saves its state). With `away`, every consumer
+/// leaves (close) before each restart and comes back a second after it, while publishing goes
+/// on. Every subscription must receive every message.
+async fn restarts_under_load(subscriptions: usize, away: bool) {
     const PUBLISHERS: usize = 10;
     const EACH: usize = 1_000;
-    // A broker of its own: this test stops and starts it.
     let broker = Arc::new(Mosquitto::start());
-    let config = MqttConfig {
-        url: broker.url(),
-        client_id: format!("restarts-{}", std::process::id()),
-        reconnect_max_ms: 500,
-        publish_timeout_ms: 60_000,
-        // Mosquitto forgets shared subscriptions on restart until the consumer resubscribes;
-        // publishers hold on to messages nobody matched until it has.
-        retry_unmatched_ms: 30_000,
-        ..MqttConfig::default()
-    };
-    let topic = Topic::new("faults/restarts").unwrap();
-    let subscriber = MqttSubscriber::new(&config).unwrap();
-    let subscription = subscriber
-        .subscribe(&topic, SubscriptionOptions::new("survivor").unwrap())
-        .await
-        .unwrap();
-
-    let mut publishers: Vec<Arc<dyn Publisher>> = Vec::new();
-    for _ in 0..PUBLISHERS {
-        publishers.push(Arc::new(MqttPublisher::connect(&config).await.unwrap()));
+    let label = format!("restarts-{subscriptions}-{away}");
+    let config = config_for(&broker, &label);
+    let topic = Topic::new(format!("faults/{label}")).unwrap();
+    let consumers = MqttBackend::connect(&config).await.unwrap();
+    let subscriber = consumers.subscriber();
+    let names: Vec<SubscriptionOptions> = (0..subscriptions)
+        .map(|i| SubscriptionOptions::new(format!("survivor-{i}")).unwrap())
+        .collect();
+    let tallies: Vec<Tally> = names.iter().map(|_| Tally::new()).collect();
+    let mut collectors = Vec::new();
+    for (options, tally) in names.iter().zip(&tallies) {
+        let subscription = subscriber.subscribe(&topic, options.clone()).await.unwrap();
+        collectors.push(Collector::start(subscription, tally.clone()));
     }
-    let restart = {
-        let broker = broker.clone();
-        move || -> BoxFuture<'static, ()> {
-            let broker = broker.clone();
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || broker.restart())
-                    .await
-                    .unwrap();
-            })
+    let mut publishers: Vec<Arc<dyn Publisher>> = Vec::new();
+    for p in 0..PUBLISHERS {
+        let config = config_for(&broker, &format!("{label}-pub{p}"));
+        publishers.push(Arc::new(
+            MqttBackend::connect(&config).await.unwrap().publisher(),
+        ));
+    }
+    let publishing = Publishing::start(publishers, &topic, EACH);
+    for threshold in [PUBLISHERS * EACH / 4, PUBLISHERS * EACH * 3 / 5] {
+        publishing.reach(threshold).await;
+        if away {
+            for collector in collectors.drain(..) {
+                collector.stop().await;
+            }
         }
-    };
-    let report = load_under_faults(
-        publishers,
-        &*subscription,
-        &topic,
-        EACH,
-        Duration::from_secs(60),
-        &[PUBLISHERS * EACH / 4, PUBLISHERS * EACH * 3 / 5],
-        restart,
-    )
-    .await;
+        let restarting = broker.clone();
+        tokio::task::spawn_blocking(move || restarting.restart())
+            .await
+            .unwrap();
+        if away {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (options, tally) in names.iter().zip(&tallies) {
+                let subscription = subscriber.subscribe(&topic, options.clone()).await.unwrap();
+                collectors.push(Collector::start(subscription, tally.clone()));
+            }
+        }
+    }
+    let total = publishing.total;
+    publishing.finish().await;
+    let mut report = Vec::new();
+    for (options, tally) in names.iter().zip(&tallies) {
+        tally.wait_for(total, Duration::from_secs(60)).await;
+        let missing = tally.missing(PUBLISHERS, EACH);
+        assert!(
+            missing.is_empty(),
+            "subscription {}: {} of {total} messages lost, e.g. {:?}\nbroker log:\n{}",
+            options.name,
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            broker.log()
+        );
+        report.push(format!(
+            "{}: 0 lost, {} duplicates",
+            options.name,
+            tally.duplicates()
+        ));
+    }
+    for collector in collectors {
+        collector.stop().await;
+    }
     let _ = writeln!(
         std::io::stderr(),
-        "broker restarted twice during {} publishes: 0 lost, {} duplicate deliveries",
-        report.messages,
-        report.duplicates
+        "mosquitto {:?}, {total} messages, 2 restarts, consumers {}: {}",
+        broker_version(),
+        if away { "away" } else { "attached" },
+        report.join("; ")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_lose_nothing_with_the_consumer_attached() {
+    restarts_under_load(1, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_lose_nothing_for_two_subscriptions_with_consumers_attached() {
+    restarts_under_load(2, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_lose_nothing_with_the_consumer_away() {
+    restarts_under_load(1, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_lose_nothing_for_two_subscriptions_with_consumers_away() {
+    restarts_under_load(2, true).await;
 }
 
 #[tokio::test]
 async fn a_publish_during_an_outage_waits_and_succeeds_after_reconnecting() {
     let broker = Mosquitto::start();
     let config = MqttConfig {
-        url: broker.url(),
-        client_id: format!("outage-{}", std::process::id()),
         reconnect_max_ms: 300,
-        // The publisher may reconnect before the consumer has resubscribed (Mosquitto forgets
-        // shared subscriptions on restart): hold the message until the subscription is back.
-        retry_unmatched_ms: 20_000,
-        ..MqttConfig::default()
+        ..config_for(&broker, "outage")
     };
     let topic = Topic::new("faults/outage").unwrap();
-    let subscription = MqttSubscriber::new(&config)
-        .unwrap()
+    let backend = MqttBackend::connect(&config).await.unwrap();
+    let subscription = backend
+        .subscriber()
         .subscribe(&topic, SubscriptionOptions::new("outage").unwrap())
         .await
         .unwrap();
-    let publisher = MqttPublisher::connect(&config).await.unwrap();
+    let publisher = backend.publisher();
     broker.stop();
     let publish = publisher.publish(&topic, Message::new("sent while down"));
     tokio::pin!(publish);
@@ -136,17 +172,23 @@ async fn a_publish_during_an_outage_waits_and_succeeds_after_reconnecting() {
 
 #[tokio::test]
 async fn an_oversize_incoming_message_is_skipped_and_the_next_one_arrives() {
+    let broker = Mosquitto::shared();
     let topic = Topic::new(format!("faults/oversize/{}", std::process::id())).unwrap();
     let small = MqttConfig {
         max_packet_size: 4096,
-        ..config()
+        ..config_for(broker, "oversize-small")
     };
-    let subscription = MqttSubscriber::new(&small)
+    let subscription = MqttBackend::connect(&small)
+        .await
         .unwrap()
+        .subscriber()
         .subscribe(&topic, SubscriptionOptions::new("small").unwrap())
         .await
         .unwrap();
-    let publisher = MqttPublisher::connect(&config()).await.unwrap();
+    let publisher = MqttBackend::connect(&config_for(broker, "oversize"))
+        .await
+        .unwrap()
+        .publisher();
     publisher
         .publish(&topic, Message::new(vec![b'x'; 64 * 1024]))
         .await

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bus_core::{Message, Publisher, Subscriber, SubscriptionOptions, Topic};
-use bus_mqtt::{MqttConfig, MqttPublisher, MqttSubscriber};
+use bus_mqtt::{MqttBackend, MqttConfig};
 use bus_testkit::mosquitto::{which, Mosquitto, INSTALL_HINT};
 
 fn broker() -> &'static Mosquitto {
@@ -41,7 +41,7 @@ fn client(program: &str) -> Command {
 #[tokio::test]
 async fn mosquitto_pub_reaches_a_bus_consumer_with_its_user_properties() {
     let topic = Topic::new(format!("interop/in/{}", std::process::id())).unwrap();
-    let subscriber = MqttSubscriber::new(&config()).unwrap();
+    let subscriber = MqttBackend::connect(&config()).await.unwrap().subscriber();
     let subscription = subscriber
         .subscribe(&topic, SubscriptionOptions::new("interop-in").unwrap())
         .await
@@ -84,7 +84,7 @@ async fn a_bus_message_is_read_byte_for_byte_by_mosquitto_sub() {
     assert!(created.success());
 
     let payload: Vec<u8> = (0..=255u8).rev().chain(0..=255u8).collect();
-    let publisher = MqttPublisher::connect(&config()).await.unwrap();
+    let publisher = MqttBackend::connect(&config()).await.unwrap().publisher();
     publisher
         .publish(
             &topic,

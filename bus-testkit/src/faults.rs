@@ -109,3 +109,158 @@ pub async fn load_under_faults(
         elapsed,
     }
 }
+
+/// Deliveries counted by message content (`"<publisher>:<n>"`), for one subscription.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    counts: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+impl Tally {
+    /// An empty tally.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&self, payload: String) {
+        *self
+            .counts
+            .lock()
+            .expect("tally lock")
+            .entry(payload)
+            .or_default() += 1;
+    }
+
+    /// How many distinct messages arrived.
+    pub fn distinct(&self) -> usize {
+        self.counts.lock().expect("tally lock").len()
+    }
+
+    /// Deliveries beyond the first of each message.
+    pub fn duplicates(&self) -> usize {
+        self.counts
+            .lock()
+            .expect("tally lock")
+            .values()
+            .map(|n| n - 1)
+            .sum()
+    }
+
+    /// Messages of `publishers` × `each` that never arrived.
+    pub fn missing(&self, publishers: usize, each: usize) -> Vec<String> {
+        let counts = self.counts.lock().expect("tally lock");
+        (0..publishers)
+            .flat_map(|p| (0..each).map(move |i| format!("{p}:{i}")))
+            .filter(|message| !counts.contains_key(message))
+            .collect()
+    }
+
+    /// Waits until `total` distinct messages arrived, or until nothing new arrived for `quiet`.
+    pub async fn wait_for(&self, total: usize, quiet: Duration) {
+        let mut last = (self.distinct(), Instant::now());
+        while self.distinct() < total {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = self.distinct();
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > quiet {
+                return;
+            }
+        }
+    }
+}
+
+/// A consumer that receives and acks into a [`Tally`] until it is stopped.
+pub struct Collector {
+    subscription: Arc<dyn Subscription>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Starts receiving from `subscription`; every delivery is counted, then acked (an ack
+    /// that fails, say while the broker is away, gives a redelivery).
+    pub fn start(subscription: Box<dyn Subscription>, tally: Tally) -> Collector {
+        let subscription: Arc<dyn Subscription> = Arc::from(subscription);
+        let task = tokio::spawn({
+            let subscription = subscription.clone();
+            async move {
+                loop {
+                    match subscription.receive().await {
+                        Ok(delivery) => {
+                            tally.add(String::from_utf8_lossy(delivery.payload()).into_owned());
+                            let _ = delivery.ack().await;
+                        }
+                        Err(e) if e.kind() == bus_core::ErrorKind::Closed => return,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+        });
+        Collector { subscription, task }
+    }
+
+    /// Closes the subscription (a graceful leave) and waits for the receive loop to end.
+    pub async fn stop(self) {
+        let _ = self.subscription.close().await;
+        let _ = self.task.await;
+    }
+}
+
+/// Publishers each sending `each` distinct messages `"<publisher>:<n>"`, one at a time.
+pub struct Publishing {
+    confirmed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    /// How many messages in all.
+    pub total: usize,
+}
+
+impl Publishing {
+    /// Starts the publishers.
+    pub fn start(publishers: Vec<Arc<dyn Publisher>>, topic: &Topic, each: usize) -> Publishing {
+        let confirmed = Arc::new(AtomicUsize::new(0));
+        let total = publishers.len() * each;
+        let tasks = publishers
+            .into_iter()
+            .enumerate()
+            .map(|(p, publisher)| {
+                let (topic, confirmed) = (topic.clone(), confirmed.clone());
+                tokio::spawn(async move {
+                    for i in 0..each {
+                        publisher
+                            .publish(&topic, Message::new(format!("{p}:{i}")))
+                            .await
+                            .map_err(|e| format!("publisher {p}, message {i}: {e}"))?;
+                        confirmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        Publishing {
+            confirmed,
+            tasks,
+            total,
+        }
+    }
+
+    /// How many publishes returned so far.
+    pub fn confirmed(&self) -> usize {
+        self.confirmed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `count` publishes returned.
+    pub async fn reach(&self, count: usize) {
+        while self.confirmed() < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for every publisher; panics naming the first publish that failed.
+    pub async fn finish(self) {
+        for task in self.tasks {
+            if let Err(e) = task.await.expect("publisher task") {
+                panic!("a publish across a fault must wait and succeed: {e}");
+            }
+        }
+    }
+}

@@ -14,6 +14,51 @@ use crate::process::WatchedProcess;
 pub const INSTALL_HINT: &str =
     "install it with `apt-get install -y mosquitto mosquitto-clients` (Debian/Ubuntu), or point the suite at a running broker with BUS_TEST_MQTT_URL=mqtt://HOST:PORT";
 
+/// The variable naming the broker binary the tests start (default: `mosquitto` on `PATH`).
+/// `scripts/test-all.sh` runs every MQTT test binary once per broker it names.
+pub const BROKER_VAR: &str = "BUS_TEST_MOSQUITTO";
+
+/// The broker binary the tests start: [`BROKER_VAR`] if set, else `mosquitto` on `PATH`.
+pub fn broker_binary() -> PathBuf {
+    match std::env::var_os(BROKER_VAR) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "{BROKER_VAR}={} is not a file; build the brokers with ../shared/brokers/build-mosquitto.sh",
+                path.display()
+            );
+            path
+        }
+        None => which("mosquitto")
+            .unwrap_or_else(|| panic!("the `mosquitto` broker is not installed: {INSTALL_HINT}")),
+    }
+}
+
+/// The version of the broker the tests start, e.g. `(2, 0, 11)`, read from `mosquitto -h`.
+pub fn broker_version() -> (u32, u32, u32) {
+    static VERSION: OnceLock<(u32, u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let output = std::process::Command::new(broker_binary())
+            .arg("-h")
+            .output()
+            .expect("run mosquitto -h");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        let version = text
+            .split_whitespace()
+            .skip_while(|word| *word != "version")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no version in `mosquitto -h`: {text}"));
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        )
+    })
+}
+
 /// A Mosquitto process owned by the test binary.
 pub struct Mosquitto {
     binary: PathBuf,
@@ -38,8 +83,7 @@ impl Mosquitto {
     /// Like [`Mosquitto::start`], with extra config lines, made from the data dir (for
     /// password files, ACLs and certificates written there).
     pub fn start_with(extra_config: impl FnOnce(&Path) -> String) -> Mosquitto {
-        let binary = which("mosquitto")
-            .unwrap_or_else(|| panic!("the `mosquitto` broker is not installed: {INSTALL_HINT}"));
+        let binary = broker_binary();
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
         let port = free_port();
         let extra = extra_config(dir.path());
@@ -57,6 +101,7 @@ impl Mosquitto {
              {listener}\
              persistence true\n\
              persistence_location {data}/\n\
+             # Saved on shutdown and every second: a SIGKILL loses at most the last second.\n\
              autosave_interval 1\n\
              # Mosquitto silently drops QoS 1 messages beyond max_queued_messages (default 1000)\n\
              # for a subscriber that falls behind: no limit here.\n\
@@ -113,6 +158,16 @@ impl Mosquitto {
     /// Starts the broker again on the same port with the same data dir.
     pub fn restart(&self) {
         self.stop();
+        self.launch();
+    }
+
+    /// Kills the broker with SIGKILL (no chance to save), waiting until it is gone.
+    pub fn kill(&self) {
+        self.process.kill();
+    }
+
+    /// Starts a stopped or killed broker again on the same port with the same data dir.
+    pub fn start_again(&self) {
         self.launch();
     }
 

@@ -72,6 +72,18 @@ impl WatchedProcess {
         }
     }
 
+    /// SIGKILL, returning once the process is gone.
+    pub fn kill(&self) {
+        let Some(pid) = self.pid.lock().expect("pid lock").take() else {
+            return;
+        };
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Polls `ready` every 50 ms until it is true; panics with `describe()` if the process
     /// exits or `timeout` passes first.
     pub fn wait_until(

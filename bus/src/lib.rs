@@ -285,9 +285,10 @@ pub async fn connect(config: &Config) -> Result<Bus> {
         #[cfg(feature = "mqtt")]
         BackendKind::Mqtt => {
             let mqtt: mqtt::MqttConfig = config.section("mqtt")?;
+            let backend = mqtt::MqttBackend::connect(&mqtt).await?;
             Ok(Bus {
-                publisher: Box::new(mqtt::MqttPublisher::connect(&mqtt).await?),
-                subscriber: Box::new(mqtt::MqttSubscriber::new(&mqtt)?),
+                publisher: Box::new(backend.publisher()),
+                subscriber: Box::new(backend.subscriber()),
             })
         }
         #[cfg(not(feature = "mqtt"))]

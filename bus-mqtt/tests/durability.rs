@@ -1,0 +1,394 @@
+//! The durability protocol (see the `bus_mqtt` crate docs) against a real Mosquitto: consumers
+//! that leave or die hand over what they held and what the broker queued for them; the last
+//! one keeps the subscription; publishes wait (and then fail) rather than succeed for a
+//! subscription that lost its members; hostile entries under `_bus/` are harmless.
+//!
+//! Each "process" here is a backend with a client id of its own, as separate services would be.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bus_core::{
+    ErrorKind, Message, Publisher, Subscriber, Subscription, SubscriptionOptions, Topic,
+};
+use bus_mqtt::{MqttBackend, MqttConfig};
+use bus_testkit::mosquitto::{broker_version, which, Mosquitto, INSTALL_HINT};
+
+fn config(broker: &Mosquitto, process: &str) -> MqttConfig {
+    MqttConfig {
+        url: broker.url(),
+        client_id: format!("{process}-{}", std::process::id()),
+        ..MqttConfig::default()
+    }
+}
+
+async fn backend(broker: &Mosquitto, process: &str) -> MqttBackend {
+    MqttBackend::connect(&config(broker, process))
+        .await
+        .unwrap_or_else(|e| panic!("{process}: {e}"))
+}
+
+fn fresh_topic(label: &str) -> Topic {
+    Topic::new(format!(
+        "durability/{label}/{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .unwrap()
+}
+
+async fn publish_many(
+    publisher: &dyn Publisher,
+    topic: &Topic,
+    prefix: &str,
+    n: usize,
+) -> HashSet<String> {
+    let mut sent = HashSet::new();
+    for i in 0..n {
+        let payload = format!("{prefix}{i}");
+        publisher
+            .publish(topic, Message::new(payload.clone()))
+            .await
+            .unwrap();
+        sent.insert(payload);
+    }
+    sent
+}
+
+/// Receives (and acks) until every payload of `expected` arrived; panics naming what is
+/// missing after `limit` without progress.
+async fn receive_all(
+    subscription: &dyn Subscription,
+    expected: &HashSet<String>,
+    limit: Duration,
+) -> usize {
+    let mut seen = HashSet::new();
+    let mut deliveries = 0;
+    while !expected.iter().all(|p| seen.contains(p)) {
+        let delivery = match tokio::time::timeout(limit, subscription.receive()).await {
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err(e)) => panic!("receive: {e}"),
+            Err(_) => {
+                let missing: Vec<_> = expected.difference(&seen).take(5).collect();
+                panic!(
+                    "{} of {} messages missing after {limit:?} without a delivery, e.g. {missing:?}",
+                    expected.difference(&seen).count(),
+                    expected.len()
+                )
+            }
+        };
+        seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
+        deliveries += 1;
+        delivery.ack().await.unwrap();
+    }
+    deliveries - expected.len()
+}
+
+/// Takes what is delivered within `quiet`, acking nothing; returns the deliveries.
+async fn hold(subscription: &dyn Subscription, quiet: Duration) -> Vec<bus_core::Delivery> {
+    let mut held = Vec::new();
+    while let Ok(Ok(delivery)) = tokio::time::timeout(quiet, subscription.receive()).await {
+        held.push(delivery);
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_leaves_hands_over_what_it_held_and_what_was_queued_for_it() {
+    let broker = Mosquitto::shared();
+    let topic = fresh_topic("leave");
+    let options = SubscriptionOptions::new("workers").unwrap();
+    // Small windows, so that the broker queues messages in the leaving consumer's session.
+    let leaving = MqttBackend::connect(&MqttConfig {
+        receive_maximum: 5,
+        ..config(broker, "leaving")
+    })
+    .await
+    .unwrap();
+    let staying = backend(broker, "staying").await;
+    let leaving_sub = leaving
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .unwrap();
+    let staying_sub = staying
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .unwrap();
+    let publisher = backend(broker, "leave-publisher").await.publisher();
+    let mut sent = publish_many(&publisher, &topic, "before ", 60).await;
+
+    let held = hold(&*leaving_sub, Duration::from_millis(500)).await;
+    assert!(!held.is_empty(), "the leaving consumer got its share");
+    leaving_sub.close().await.unwrap();
+    let started = Instant::now();
+    drop(held);
+    sent.extend(publish_many(&publisher, &topic, "after ", 40).await);
+    let duplicates = receive_all(&*staying_sub, &sent, Duration::from_secs(10)).await;
+    let _ = writeln!(
+        std::io::stderr(),
+        "mosquitto {:?}: a leaving consumer's messages reached the other in {:?} ({duplicates} duplicates)",
+        broker_version(),
+        started.elapsed()
+    );
+    staying_sub.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_dies_hands_over_within_the_handover_delay() {
+    let broker = Mosquitto::shared();
+    let topic = fresh_topic("death");
+    let options = SubscriptionOptions::new("workers").unwrap();
+    let dying = backend(broker, "dying").await;
+    let surviving = backend(broker, "surviving").await;
+    let dying_sub = dying
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .unwrap();
+    let surviving_sub = surviving
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .unwrap();
+    let publisher = backend(broker, "death-publisher").await.publisher();
+    let sent = publish_many(&publisher, &topic, "job ", 40).await;
+    let held = hold(&*dying_sub, Duration::from_millis(500)).await;
+    assert!(!held.is_empty(), "the dying consumer got its share");
+    // A crash: the connection ends without DISCONNECT (no close, nothing settled).
+    let died = Instant::now();
+    drop(held);
+    drop(dying_sub);
+    drop(dying);
+    let duplicates = receive_all(&*surviving_sub, &sent, Duration::from_secs(15)).await;
+    let took = died.elapsed();
+    let _ = writeln!(
+        std::io::stderr(),
+        "mosquitto {:?}: a dead consumer's messages reached the survivor in {took:?} ({duplicates} duplicates)",
+        broker_version()
+    );
+    surviving_sub.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_consumer_to_leave_keeps_the_subscription() {
+    let broker = Mosquitto::shared();
+    let topic = fresh_topic("last");
+    let options = SubscriptionOptions::new("keeper").unwrap();
+    let first = backend(broker, "first").await;
+    let subscription = first
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .unwrap();
+    subscription.close().await.unwrap();
+    let publisher = backend(broker, "last-publisher").await.publisher();
+    let sent = publish_many(&publisher, &topic, "while away ", 50).await;
+    // Another process attaches: it takes over the departed session's messages.
+    let next = backend(broker, "next").await;
+    let subscription = next.subscriber().subscribe(&topic, options).await.unwrap();
+    receive_all(&*subscription, &sent, Duration::from_secs(10)).await;
+    subscription.close().await.unwrap();
+}
+
+/// A publish right after a restart, while the only consumer has not resubscribed yet (it waits
+/// 2 s before reconnecting), is held until it is back, not discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_waits_for_a_consumer_that_is_coming_back() {
+    let broker = Mosquitto::start();
+    let topic = fresh_topic("barrier");
+    let slow = MqttConfig {
+        reconnect_min_ms: 2_000,
+        reconnect_max_ms: 2_000,
+        ..config(&broker, "slow-consumer")
+    };
+    let consumer = MqttBackend::connect(&slow).await.unwrap();
+    let subscription = consumer
+        .subscriber()
+        .subscribe(&topic, SubscriptionOptions::new("returning").unwrap())
+        .await
+        .unwrap();
+    let publisher_config = MqttConfig {
+        restore_grace_ms: 20_000,
+        reconnect_max_ms: 200,
+        ..config(&broker, "barrier-publisher")
+    };
+    let publisher = MqttBackend::connect(&publisher_config)
+        .await
+        .unwrap()
+        .publisher();
+    broker.restart();
+    let id = publisher
+        .publish(&topic, Message::new("right after the restart"))
+        .await
+        .expect("held until the subscription is back, then published");
+    let delivery = tokio::time::timeout(Duration::from_secs(20), subscription.receive())
+        .await
+        .expect("the held message arrives")
+        .unwrap();
+    assert_eq!(delivery.id(), id);
+    delivery.ack().await.unwrap();
+}
+
+/// When a registered subscription cannot get a member back within publish_timeout_ms, the
+/// publish fails with a retryable error that says why, instead of succeeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_cannot_reach_a_registered_subscription_fails_retryably() {
+    let broker = Mosquitto::start();
+    let topic = fresh_topic("held");
+    let away = MqttConfig {
+        reconnect_min_ms: 60_000,
+        reconnect_max_ms: 60_000,
+        ..config(&broker, "gone-for-long")
+    };
+    let consumer = MqttBackend::connect(&away).await.unwrap();
+    let _subscription = consumer
+        .subscriber()
+        .subscribe(&topic, SubscriptionOptions::new("unrestorable").unwrap())
+        .await
+        .unwrap();
+    let publisher_config = MqttConfig {
+        // The consumer is "live" as far as anyone knows: wait for it far longer than we may.
+        restore_grace_ms: 600_000,
+        publish_timeout_ms: 2_000,
+        reconnect_max_ms: 200,
+        ..config(&broker, "held-publisher")
+    };
+    let publisher = MqttBackend::connect(&publisher_config)
+        .await
+        .unwrap()
+        .publisher();
+    broker.restart();
+    let err = publisher
+        .publish(&topic, Message::new("nobody to take it"))
+        .await
+        .expect_err("no subscription member: the publish must not succeed");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string().contains("unrestorable"),
+        "names the subscription: {err}"
+    );
+}
+
+fn mosquitto_pub(broker: &Mosquitto, args: &[&str]) {
+    let path = which("mosquitto_pub").unwrap_or_else(|| {
+        panic!("`mosquitto_pub` (mosquitto-clients) is not installed: {INSTALL_HINT}")
+    });
+    let status = Command::new(path)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+        ])
+        .args(args)
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success());
+}
+
+/// Junk and forged entries under `_bus/` from a foreign client: skipped with a log line, and a
+/// forged "gone" naming a live consumer costs it a reconnect, not a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_reserved_entries_are_harmless() {
+    let broker = Mosquitto::shared();
+    let topic = fresh_topic("hostile");
+    let options = SubscriptionOptions::new("target").unwrap();
+    for (at, junk) in [
+        (format!("_bus/sub/target/{topic}"), "{not json".to_string()),
+        (
+            format!("_bus/sub/other/{topic}"),
+            "\u{1b}[31mFORGED\nLINE".to_string(),
+        ),
+        (
+            format!("_bus/slot/target/0000000000000000/{topic}"),
+            "x".repeat(100_000),
+        ),
+        (format!("_bus/slot/target/zzzz/{topic}"), "{}".to_string()),
+        (
+            "_bus/mark/0000000000000000".to_string(),
+            "nonce".to_string(),
+        ),
+        ("_bus/probe/target/x".to_string(), String::new()),
+    ] {
+        mosquitto_pub(broker, &["-r", "-t", &at, "-m", &junk]);
+    }
+    let consumer = backend(broker, "hostile-consumer").await;
+    let subscription = consumer
+        .subscriber()
+        .subscribe(&topic, options)
+        .await
+        .unwrap();
+    let publisher = backend(broker, "hostile-publisher").await.publisher();
+    let mut sent = publish_many(&publisher, &topic, "a", 20).await;
+    // A forged "gone" for the live consumer's own session: another client takes it over
+    // briefly; the consumer comes back and nothing is lost.
+    let victim = format!("hostile-consumer-{}-target-", std::process::id());
+    let forged_id = format!("{victim}{:016x}-0", fnv(topic.as_str()));
+    let forged = format!(r#"{{"v":1,"client_id":"{forged_id}","state":"gone"}}"#);
+    let forged_topic = format!("_bus/slot/target/{:016x}/{topic}", fnv(&forged_id));
+    let drainer = backend(broker, "hostile-drainer").await;
+    let other = drainer
+        .subscriber()
+        .subscribe(&topic, SubscriptionOptions::new("target").unwrap())
+        .await
+        .unwrap();
+    mosquitto_pub(broker, &["-r", "-t", &forged_topic, "-m", &forged]);
+    sent.extend(publish_many(&publisher, &topic, "b", 20).await);
+    let (mut seen, deadline) = (HashSet::new(), Instant::now() + Duration::from_secs(20));
+    while !sent.iter().all(|p| seen.contains(p)) && Instant::now() < deadline {
+        for subscription in [&subscription, &other] {
+            if let Ok(Ok(delivery)) =
+                tokio::time::timeout(Duration::from_millis(100), subscription.receive()).await
+            {
+                seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
+                let _ = delivery.ack().await;
+            }
+        }
+    }
+    let missing: Vec<_> = sent.difference(&seen).collect();
+    assert!(missing.is_empty(), "lost {missing:?}");
+    subscription.close().await.unwrap();
+    other.close().await.unwrap();
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A broker whose ACL hides `_bus/#`: connecting fails with PermissionDenied naming the line
+/// to add, within the connect timeout (Mosquitto 2.0 grants the subscription and delivers
+/// nothing, so bus-mqtt notices its marker never comes back).
+#[tokio::test]
+async fn an_acl_without_the_reserved_topics_is_a_clear_error() {
+    let broker = Mosquitto::start_with(|dir| {
+        std::fs::write(dir.join("acl"), "topic readwrite app/#\n").unwrap();
+        format!("acl_file {}/acl\n", dir.display())
+    });
+    let started = Instant::now();
+    let err = MqttBackend::connect(&MqttConfig {
+        connect_timeout_ms: 3_000,
+        ..config(&broker, "acl")
+    })
+    .await
+    .expect_err("the registry cannot be read");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        err.to_string().contains("topic readwrite _bus/#"),
+        "names the ACL line: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
