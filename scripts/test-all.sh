@@ -51,6 +51,45 @@ if [ -z "${BUS_TEST_PYTHON:-}" ]; then
   export BUS_TEST_PYTHON="$PWD/.venv/bin/python"
 fi
 
+# Mosquitto builds for the broker matrix: BUS_TEST_MOSQUITTO=path:path names them; otherwise
+# the sources in ../shared/brokers (2.0.20, the compose image's version, and 2.1.2, the
+# newest) are built when present. The installed broker always runs the whole suite.
+installed=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+brokers=()
+if [ -n "${BUS_TEST_MOSQUITTO:-}" ]; then
+  IFS=: read -r -a brokers <<<"$BUS_TEST_MOSQUITTO"
+elif [ -f ../shared/brokers/build-mosquitto.sh ]; then
+  # Mosquitto 2.1's tools need libedit's headers, which the build script does not install.
+  if ! dpkg -s libedit-dev >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libedit-dev >/dev/null
+  fi
+  echo "== building the Mosquitto versions in ../shared/brokers"
+  mapfile -t brokers < <(bash ../shared/brokers/build-mosquitto.sh)
+fi
+unset BUS_TEST_MOSQUITTO
+
+echo "== quality gates: rustfmt, clippy, rustdoc"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+
+echo "== the whole suite, MQTT on $("$installed" -h 2>&1 | grep -o 'version [0-9.]*' | head -n1) ($installed)"
 cargo test --workspace --all-features --no-fail-fast
 # The facade without backend features: asking for mqtt/gcp must name the missing feature.
 cargo test -p bus --no-default-features --test config
+
+# Every MQTT test binary again on each other broker: bus-mqtt's own and the examples' MQTT
+# end-to-end tests (named *mosquitto*).
+covered=("$("$installed" -h 2>&1 | grep -o 'version [0-9.]*' | head -n1) ($installed)")
+for broker in "${brokers[@]}"; do
+  [ "$broker" = "$installed" ] && continue
+  version=$("$broker" -h 2>&1 | grep -o 'version [0-9.]*' | head -n1)
+  echo "== MQTT tests on Mosquitto $version ($broker)"
+  BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-mqtt --tests --no-fail-fast
+  BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-examples --tests --no-fail-fast -- mosquitto
+  covered+=("$version ($broker)")
+done
+echo "== MQTT brokers covered: ${covered[*]}"
+if [ ${#covered[@]} -lt 3 ]; then
+  echo "   (only the installed broker: ../shared/brokers is not here; set BUS_TEST_MOSQUITTO=path:path to add others)"
+fi

@@ -13,7 +13,7 @@ use bus_testkit::mosquitto::Mosquitto;
 use common::{BrokerEnv, Example};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_detail_from_python_is_evaluated() {
+async fn a_crash_detail_from_python_is_evaluated_on_mosquitto() {
     let broker = Mosquitto::start();
     let env = BrokerEnv::mosquitto(&broker);
     let bus = bus::connect(&env.config()).await.expect("test connects");
@@ -71,7 +71,7 @@ async fn a_crash_detail_from_python_is_evaluated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patch_responses_are_read_by_paho_as_the_python_evaluator_does() {
+async fn patch_responses_are_read_by_paho_as_the_python_evaluator_does_on_mosquitto() {
     let broker = Mosquitto::start();
     let env = BrokerEnv::mosquitto(&broker);
     let port = broker.port().to_string();

@@ -255,6 +255,12 @@ impl Example {
         assert!(status.success(), "kill -TERM {}", self.name);
     }
 
+    /// Sends SIGKILL: the process dies at once, without closing anything.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill the example");
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit; panics if it does not within [`STEP_TIMEOUT`].
     pub fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + STEP_TIMEOUT;
