@@ -1,6 +1,7 @@
 """Reads patch responses the way the Python patch-evaluation service does: paho-mqtt, then
 `json.loads(payload).get("data", {})` and the keys it uses; also decodes each with the
-`cloudevents` library's `from_json`. Prints one JSON line per message.
+`cloudevents` library's `from_json`, and reports the MQTT 5 Content Type property (where the
+CloudEvents MQTT binding puts `application/cloudevents+json`). Prints one JSON line per message.
 
 usage: read_patch_responses.py HOST PORT COUNT
 Prints "subscribed" once the broker granted the subscription.
@@ -45,6 +46,7 @@ def on_message(client, userdata, message):
                 "source": event["source"],
                 "subject": event["subject"],
                 "id": event["id"],
+                "content_type": getattr(message.properties, "ContentType", None),
             }
         ),
         flush=True,
@@ -54,7 +56,11 @@ def on_message(client, userdata, message):
         client.disconnect()
 
 
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"py-evaluator-{uuid.uuid4().hex[:8]}")
+client = mqtt.Client(
+    mqtt.CallbackAPIVersion.VERSION2,
+    client_id=f"py-evaluator-{uuid.uuid4().hex[:8]}",
+    protocol=mqtt.MQTTv5,
+)
 client.on_connect = on_connect
 client.on_subscribe = on_subscribe
 client.on_message = on_message

@@ -94,6 +94,10 @@ async fn patch_responses_are_read_by_paho_as_the_python_evaluator_does_on_mosqui
         assert_eq!(data["source"], "autopatch.llm-dispatch-service", "{line}");
         assert_eq!(data["subject"], data["executable_name"], "{line}");
         assert_eq!(data["id"].as_str().unwrap().len(), 36, "a UUID: {line}");
+        assert_eq!(
+            data["content_type"], "application/cloudevents+json",
+            "the CloudEvents MQTT binding's content type property: {line}"
+        );
         names.push(data["executable_name"].as_str().unwrap().to_string());
     }
     names.sort();
