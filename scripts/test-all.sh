@@ -87,6 +87,7 @@ for broker in "${brokers[@]}"; do
   echo "== MQTT tests on Mosquitto $version ($broker)"
   BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-mqtt --tests --no-fail-fast
   BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-examples --tests --no-fail-fast -- mosquitto
+  BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-bench --test soak -- mqtt
   covered+=("$version ($broker)")
 done
 echo "== MQTT brokers covered: ${covered[*]}"

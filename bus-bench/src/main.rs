@@ -7,6 +7,7 @@
 //! cargo run --release -p bus-bench -- backpressure          # memory: stalled consumer, 1,000,000 messages
 //! cargo run --release -p bus-bench -- loss-check            # Mosquitto: 100,000-message burst
 //! cargo run --release -p bus-bench -- chart --input results.jsonl --output bench/throughput.svg
+//! cargo run --release -p bus-bench -- soak --backend mqtt|gcp|memory --minutes 10   # RELIABILITY.md
 //! ```
 //!
 //! Every message carries its send time and a sequence number: the consumer side reports
@@ -21,6 +22,7 @@ mod measure;
 mod python;
 mod report;
 mod scenarios;
+mod soak;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -96,6 +98,58 @@ enum Command {
         /// JSON lines instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// The chaos soak: publishers, consumers and fan-out while the broker restarts,
+    /// connections are cut and consumer processes are killed; fails if anything is lost.
+    Soak {
+        /// The transport.
+        #[arg(long, value_enum)]
+        backend: Backend,
+        /// How long to inject faults (publishing goes on meanwhile).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Publishers, each on its own connection.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// Messages per second per publisher.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Subscriptions on the topic (each gets every message).
+        #[arg(long, default_value_t = 2)]
+        subscriptions: usize,
+        /// Consumers per subscription.
+        #[arg(long, default_value_t = 2)]
+        consumers: usize,
+        /// Mean seconds between faults.
+        #[arg(long, default_value_t = 10.0)]
+        fault_every: f64,
+        /// Which faults to inject (repeatable); default: all the backend can take (mqtt:
+        /// restart, cut, kill, stop; gcp: cut, kill, stop; memory: kill, stop).
+        #[arg(long = "fault", value_enum)]
+        faults: Vec<soak::Fault>,
+        /// Extra Mosquitto config lines, e.g. "autosave_interval 1800" (mqtt).
+        #[arg(long)]
+        broker_config: Option<String>,
+        /// Report losses instead of failing on them (to measure `--fault kill-broker`).
+        #[arg(long)]
+        measure_loss: bool,
+        /// Consumers leave once their subscriptions exist and return when publishing ends, so
+        /// the whole workload waits in the broker through the faults.
+        #[arg(long)]
+        away: bool,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A soak consumer process (started by `soak`; configured by `BUS_*` variables).
+    #[command(hide = true)]
+    SoakConsumer {
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// The subscription name.
+        #[arg(long)]
+        subscription: String,
     },
     /// Draws the SVG chart from JSON lines written by `compare --json`.
     Chart {
@@ -433,6 +487,69 @@ fn main() {
                     _ => Ok(()),
                 }
             }
+            Command::Soak {
+                backend,
+                minutes,
+                publishers,
+                rate,
+                subscriptions,
+                consumers,
+                fault_every,
+                faults,
+                broker_config,
+                measure_loss,
+                away,
+                json,
+            } => {
+                if publishers == 0 || subscriptions == 0 || consumers == 0 || rate == 0 {
+                    return Err(
+                        "--publishers, --subscriptions, --consumers and --rate must be at least 1"
+                            .into(),
+                    );
+                }
+                if !(minutes > 0.0 && fault_every > 0.0) {
+                    return Err("--minutes and --fault-every must be positive".into());
+                }
+                let backend = match backend {
+                    Backend::Memory => "memory",
+                    Backend::Mqtt => "mqtt",
+                    Backend::Gcp => "gcp",
+                };
+                let params = soak::SoakParams {
+                    backend,
+                    duration: Duration::from_secs_f64(minutes * 60.0),
+                    publishers,
+                    rate,
+                    subscriptions,
+                    consumers,
+                    fault_every: Duration::from_secs_f64(fault_every),
+                    faults: if faults.is_empty() {
+                        soak::Fault::defaults(backend)
+                    } else {
+                        faults
+                    },
+                    broker_config: broker_config.map(|lines| lines.replace("\\n", "\n")),
+                    away,
+                };
+                let report = soak::soak(params).await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).map_err(|e| e.to_string())?
+                    );
+                } else {
+                    print!("{}", soak::table(&report));
+                }
+                match report.lost() {
+                    0 => Ok(()),
+                    _ if measure_loss => Ok(()),
+                    lost => Err(format!("{lost} messages lost")),
+                }
+            }
+            Command::SoakConsumer {
+                topic,
+                subscription,
+            } => soak::consumer(&topic, &subscription).await,
             Command::Chart { input, output } => {
                 let text = std::fs::read_to_string(&input)
                     .map_err(|e| format!("{}: {e}", input.display()))?;
