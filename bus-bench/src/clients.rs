@@ -356,7 +356,8 @@ pub async fn raw_gcp(host: &str, params: &Params) -> BenchResult {
     let options = SubscriptionOptions::new("bench").expect("name");
     // The admin API only: a consumer attached and closed here would leave a phantom stream
     // on the emulator, competing with the raw stream measured below.
-    bus::Subscriber::create_subscription(&backend.subscriber(), &topic, options.clone())
+    bus::Backend::subscriber(&backend)
+        .create_subscription(&topic, options.clone())
         .await
         .expect("provision");
     let endpoint = format!("http://{host}");

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::memory::{MemoryBroker, MemoryConfig};
+use bus::memory::{MemoryBackend, MemoryConfig};
+use bus::Backend;
 use bus::{Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_testkit::mosquitto::Mosquitto;
 use serde::Serialize;
@@ -57,12 +58,13 @@ pub async fn backpressure(
     max_queued_bytes: usize,
     stall: Duration,
 ) -> Backpressure {
-    let broker = MemoryBroker::new(MemoryConfig {
-        name: "backpressure".into(),
+    let broker = MemoryBackend::connect(&MemoryConfig {
+        name: format!("backpressure-{max_queued_bytes}-{}", std::process::id()),
         max_queued_bytes,
         publish_timeout_ms: 0,
         ..MemoryConfig::default()
     })
+    .await
     .expect("memory config");
     let topic = Topic::new("bench/backpressure").expect("topic");
     let subscription = broker

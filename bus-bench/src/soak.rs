@@ -149,10 +149,13 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Deliveries per subscription: first arrival time of each payload and the count.
+/// Per payload: when it first arrived (ms since the epoch) and how many times.
+type Arrivals = HashMap<String, (u64, usize)>;
+
+/// Deliveries per subscription.
 #[derive(Default)]
 struct Ledger {
-    seen: Mutex<HashMap<String, HashMap<String, (u64, usize)>>>,
+    seen: Mutex<HashMap<String, Arrivals>>,
 }
 
 impl Ledger {

@@ -1,4 +1,9 @@
-//! For backend authors: the plumbing every backend needs around its own transport, written once.
+//! One shape for every backend: the [`Backend`] trait each backend crate's entry type
+//! implements, and the plumbing every backend needs around its own transport, written once.
+//!
+//! Every backend crate is entered the same way: a plain serde config type (`MemoryConfig`,
+//! `MqttConfig`, `GcpConfig`) and `XxxBackend::connect(&config).await`, which returns a type
+//! implementing [`Backend`]: publishers, subscribers and capabilities from there.
 //!
 //! - [`PublishGate`]: a publisher's closed state and the publishes in flight, so that `publish`
 //!   after `close` fails with [`ErrorKind::Closed`] and `flush`/`close` wait for what is under way.
@@ -21,13 +26,47 @@
 //! # }
 //! ```
 
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Capabilities, Error, ErrorKind, Result, SubscriptionOptions};
+use crate::{Capabilities, Error, Publisher, Result, Subscriber, SubscriptionOptions};
+
+/// A connected backend: hands out publishers and subscribers that share its connections.
+///
+/// ```
+/// # async fn example(backend: &dyn bus_core::Backend) -> bus_core::Result<()> {
+/// use bus_core::{Message, Topic};
+///
+/// let publisher = backend.publisher();
+/// println!("{} accepts messages up to {} bytes", backend.name(), backend.capabilities().max_message_bytes);
+/// publisher.publish(&Topic::new("python/mqtt")?, Message::new("Hello")).await?;
+/// backend.close().await
+/// # }
+/// ```
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The backend's name, as in its errors (`memory`, `mqtt`, `gcp`).
+    fn name(&self) -> &'static str;
+
+    /// What the backend supports and its limits.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A publisher.
+    fn publisher(&self) -> Box<dyn Publisher>;
+
+    /// A subscriber.
+    fn subscriber(&self) -> Box<dyn Subscriber>;
+
+    /// Releases the backend's shared connections (after what is in flight). Publishers and
+    /// subscribers made from it fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed) or
+    /// keep working, as each backend documents; close them first.
+    async fn close(&self) -> Result<()>;
+}
 
 /// A publisher's closed flag and its count of publishes in flight.
 #[derive(Debug, Default)]
@@ -161,15 +200,10 @@ impl Lifecycle {
     }
 }
 
-/// The error every backend returns when an internal channel ends because the consumer was
-/// closed underneath a receive.
-pub fn closed_subscription(backend: &'static str) -> Error {
-    Error::new(ErrorKind::Closed, backend, "subscription is closed")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
     use std::sync::Arc;
     use std::time::Duration;
 

@@ -5,6 +5,7 @@
 //!   [`Delivery::nack`].
 //! - [`Publisher`], [`Subscriber`] and [`Subscription`]: small object-safe async traits;
 //!   conveniences in [`SubscriberExt`], [`SubscriptionExt`] and [`PublisherExt`].
+//! - [`Backend`]: what every backend crate's entry type implements (`XxxBackend::connect`).
 //! - [`Capabilities`]: what a backend supports, declared rather than hidden.
 //! - [`Error`]: one error type with an [`ErrorKind`], a retryable flag and the backend's name.
 //! - [`typed`]: serde JSON payloads whose decode failures keep the delivery.
@@ -28,6 +29,7 @@ pub mod typed;
 #[cfg(feature = "mock")]
 pub mod mock;
 
+pub use backend::Backend;
 pub use capabilities::Capabilities;
 pub use error::{Error, ErrorKind, Result};
 pub use message::{Acker, Attributes, Delivery, DeliveryHandle, Message};

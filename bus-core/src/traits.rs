@@ -14,7 +14,7 @@ use crate::{Capabilities, Delivery, Message, Result, SubscriptionOptions, Topic}
 /// [`ErrorKind::Closed`](crate::ErrorKind::Closed) error.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
-pub trait Publisher: Send + Sync {
+pub trait Publisher: Send + Sync + std::fmt::Debug {
     /// Publishes one message and returns the id the backend assigned to it.
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String>;
 
@@ -31,7 +31,7 @@ pub trait Publisher: Send + Sync {
 /// Creates (or attaches to) subscriptions.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
-pub trait Subscriber: Send + Sync {
+pub trait Subscriber: Send + Sync + std::fmt::Debug {
     /// Attaches a consumer to the subscription `options.name` on `topic`, creating the
     /// subscription if it does not exist yet (where the backend may). From its creation on, the
     /// subscription keeps every message published to `topic` until it is acked.
@@ -67,7 +67,7 @@ pub trait Subscriber: Send + Sync {
 /// consumer; the subscription itself (and its messages) stays for the next consumer.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
-pub trait Subscription: Send + Sync {
+pub trait Subscription: Send + Sync + std::fmt::Debug {
     /// Waits for the next delivery.
     async fn receive(&self) -> Result<Delivery>;
 
@@ -115,3 +115,78 @@ pub trait SubscriptionExt: Subscription {
 }
 
 impl<S: Subscription + ?Sized> SubscriptionExt for S {}
+
+// Boxed and shared handles are what the facade and the contract suite hold: they publish,
+// subscribe and receive like what they point to.
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for Box<P> {
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
+        (**self).publish(topic, message).await
+    }
+    async fn flush(&self) -> Result<()> {
+        (**self).flush().await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
+        (**self).publish(topic, message).await
+    }
+    async fn flush(&self) -> Result<()> {
+        (**self).flush().await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+}
+
+#[async_trait]
+impl<S: Subscriber + ?Sized> Subscriber for Box<S> {
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        options: SubscriptionOptions,
+    ) -> Result<Box<dyn Subscription>> {
+        (**self).subscribe(topic, options).await
+    }
+    async fn create_subscription(&self, topic: &Topic, options: SubscriptionOptions) -> Result<()> {
+        (**self).create_subscription(topic, options).await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+}
+
+#[async_trait]
+impl<S: Subscription + ?Sized> Subscription for Box<S> {
+    async fn receive(&self) -> Result<Delivery> {
+        (**self).receive().await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+#[async_trait]
+impl<S: Subscription + ?Sized> Subscription for std::sync::Arc<S> {
+    async fn receive(&self) -> Result<Delivery> {
+        (**self).receive().await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}

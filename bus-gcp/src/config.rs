@@ -10,6 +10,23 @@ use crate::BACKEND;
 /// google-cloud-pubsub crate does not read it; bus-gcp does.
 pub const EMULATOR_HOST_VAR: &str = "PUBSUB_EMULATOR_HOST";
 
+/// Where the clients connect: a configured endpoint (an `http://` one is an emulator, reached
+/// in plain text with anonymous credentials), or Google's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub configured: Option<String>,
+    pub emulator: bool,
+}
+
+impl Endpoint {
+    /// The URL, for messages.
+    pub fn url(&self) -> &str {
+        self.configured
+            .as_deref()
+            .unwrap_or("https://pubsub.googleapis.com")
+    }
+}
+
 /// Configuration of the Pub/Sub backend (`[gcp]` in `bus.toml`, `BUS_GCP__*` variables).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,15 +104,15 @@ impl GcpConfig {
         }
     }
 
-    /// Where to connect: `(endpoint, is_emulator)`. A bare `HOST:PORT` (as in
-    /// `PUBSUB_EMULATOR_HOST`) gets `http://`: the crate rejects it without a scheme.
-    pub fn resolve_endpoint(&self) -> Result<Option<(String, bool)>> {
+    /// Where to connect. A bare `HOST:PORT` (as in `PUBSUB_EMULATOR_HOST`) gets `http://`: the
+    /// crate rejects it without a scheme.
+    pub(crate) fn resolve_endpoint(&self) -> Result<Endpoint> {
         let (raw, source) = match (&self.endpoint, std::env::var(EMULATOR_HOST_VAR)) {
             (Some(endpoint), _) => (endpoint.trim().to_string(), "gcp.endpoint"),
             (None, Ok(host)) if !host.trim().is_empty() => {
                 (host.trim().to_string(), EMULATOR_HOST_VAR)
             }
-            _ => return Ok(None),
+            _ => return Ok(Endpoint::default()),
         };
         let endpoint = if raw.contains("://") {
             raw
@@ -122,7 +139,10 @@ impl GcpConfig {
                 format!("{source} = {endpoint:?} has no host; use http://HOST:PORT"),
             ));
         }
-        Ok(Some((endpoint, emulator)))
+        Ok(Endpoint {
+            configured: Some(endpoint),
+            emulator,
+        })
     }
 
     /// Checks every value, naming the key and the fix.

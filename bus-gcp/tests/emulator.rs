@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use bus_core::{ErrorKind, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
+use bus_core::{Backend, ErrorKind, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_gcp::{names, GcpBackend, GcpConfig};
 use bus_testkit::emulator::PubSubEmulator;
 use bus_testkit::mosquitto::{free_port, which};
@@ -224,8 +224,7 @@ async fn an_unreachable_endpoint_is_reported_within_seconds() {
     let started = Instant::now();
     let err = GcpBackend::connect(&config)
         .await
-        .err()
-        .expect("nothing listens there");
+        .expect_err("nothing listens there");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("127.0.0.1"), "{err}");
@@ -249,8 +248,7 @@ async fn without_provisioning_a_missing_subscription_is_not_found_and_named() {
         .subscriber()
         .subscribe(&topic, SubscriptionOptions::new("ghost").unwrap())
         .await
-        .err()
-        .expect("the subscription does not exist");
+        .expect_err("the subscription does not exist");
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("ghost++never+screated"), "{err}");
 }

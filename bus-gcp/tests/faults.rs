@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{Message, Publisher, Subscriber, Subscription, SubscriptionOptions, Topic};
+use bus_core::{Backend, Message, Publisher, Subscriber, Subscription, SubscriptionOptions, Topic};
 use bus_gcp::{GcpBackend, GcpConfig};
 use bus_testkit::emulator::PubSubEmulator;
 use bus_testkit::fault_proxy::FaultProxy;

@@ -2,19 +2,28 @@
 
 use std::time::Duration;
 
-use bus_core::{ErrorKind, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
-use bus_memory::{MemoryBroker, MemoryConfig, PER_MESSAGE_OVERHEAD};
+use bus_core::{Backend, ErrorKind, Message, SubscriptionOptions, Topic};
+use bus_memory::{MemoryBackend, MemoryConfig, PER_MESSAGE_OVERHEAD};
 use tokio::time::timeout;
 
+/// A broker of its own (a name nobody else uses).
+async fn broker(config: MemoryConfig) -> MemoryBackend {
+    let config = MemoryConfig {
+        name: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        ..config
+    };
+    MemoryBackend::connect(&config).await.expect("valid config")
+}
+
 /// Room for exactly `messages` messages of 100 bytes per subscription.
-fn small_broker(messages: usize, publish_timeout_ms: u64) -> MemoryBroker {
-    MemoryBroker::new(MemoryConfig {
+async fn small_broker(messages: usize, publish_timeout_ms: u64) -> MemoryBackend {
+    broker(MemoryConfig {
         max_message_bytes: 100,
         max_queued_bytes: messages * (100 + PER_MESSAGE_OVERHEAD),
         publish_timeout_ms,
         ..MemoryConfig::default()
     })
-    .expect("valid config")
+    .await
 }
 
 fn hundred_bytes(i: usize) -> Message {
@@ -25,7 +34,7 @@ fn hundred_bytes(i: usize) -> Message {
 
 #[tokio::test]
 async fn a_full_subscription_holds_the_publisher_back_until_an_ack() {
-    let broker = small_broker(10, 0);
+    let broker = small_broker(10, 0).await;
     let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
     let topic = Topic::new("bounded").unwrap();
     let subscription = subscriber
@@ -57,7 +66,7 @@ async fn a_full_subscription_holds_the_publisher_back_until_an_ack() {
 
 #[tokio::test]
 async fn a_publish_that_waits_too_long_fails_with_a_retryable_timeout() {
-    let broker = small_broker(2, 100);
+    let broker = small_broker(2, 100).await;
     let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
     let topic = Topic::new("bounded").unwrap();
     let _subscription = subscriber
@@ -77,7 +86,7 @@ async fn a_publish_that_waits_too_long_fails_with_a_retryable_timeout() {
 
 #[tokio::test]
 async fn a_stalled_subscription_never_blocks_another_subscriptions_consumer() {
-    let broker = small_broker(5, 0);
+    let broker = small_broker(5, 0).await;
     let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
     let topic = Topic::new("two-consumers").unwrap();
     let _stalled = subscriber
@@ -109,7 +118,7 @@ async fn a_stalled_subscription_never_blocks_another_subscriptions_consumer() {
 
 #[tokio::test]
 async fn a_nacked_keyed_message_comes_back_before_later_messages_with_its_key() {
-    let broker = MemoryBroker::new(MemoryConfig::default()).unwrap();
+    let broker = broker(MemoryConfig::default()).await;
     let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
     let topic = Topic::new("ordered").unwrap();
     let options = SubscriptionOptions::new("ordered")
@@ -136,7 +145,7 @@ async fn a_nacked_keyed_message_comes_back_before_later_messages_with_its_key() 
 
 #[tokio::test]
 async fn without_ordering_keyed_messages_are_handed_out_concurrently() {
-    let broker = MemoryBroker::new(MemoryConfig::default()).unwrap();
+    let broker = broker(MemoryConfig::default()).await;
     let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
     let topic = Topic::new("unordered").unwrap();
     let subscription = subscriber
@@ -159,7 +168,7 @@ async fn without_ordering_keyed_messages_are_handed_out_concurrently() {
 
 #[tokio::test]
 async fn messages_published_before_any_subscription_are_discarded() {
-    let broker = MemoryBroker::new(MemoryConfig::default()).unwrap();
+    let broker = broker(MemoryConfig::default()).await;
     let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
     let topic = Topic::new("early").unwrap();
     publisher
@@ -184,8 +193,8 @@ async fn shared_brokers_are_found_by_name() {
         name: "shared-by-name-test".into(),
         ..MemoryConfig::default()
     };
-    let a = MemoryBroker::shared(config.clone()).unwrap();
-    let b = MemoryBroker::shared(config).unwrap();
+    let a = MemoryBackend::connect(&config).await.unwrap();
+    let b = MemoryBackend::connect(&config).await.unwrap();
     let topic = Topic::new("shared").unwrap();
     let subscription = b
         .subscriber()
@@ -202,14 +211,15 @@ async fn shared_brokers_are_found_by_name() {
     );
 }
 
-#[test]
-fn config_errors_name_the_key_and_the_fix() {
-    let err = MemoryBroker::new(MemoryConfig {
+#[tokio::test]
+async fn config_errors_name_the_key_and_the_fix() {
+    let err = MemoryBackend::connect(&MemoryConfig {
+        name: "invalid".into(),
         max_queued_bytes: 1000,
         ..MemoryConfig::default()
     })
-    .err()
-    .expect("queue smaller than a message");
+    .await
+    .expect_err("queue smaller than a message");
     assert_eq!(err.kind(), ErrorKind::Config);
     let text = err.to_string();
     assert!(text.contains("memory.max_queued_bytes = 1000"), "{text}");
@@ -218,7 +228,7 @@ fn config_errors_name_the_key_and_the_fix() {
 
 #[tokio::test]
 async fn options_outside_the_capabilities_are_rejected() {
-    let broker = MemoryBroker::new(MemoryConfig::default()).unwrap();
+    let broker = broker(MemoryConfig::default()).await;
     let options = SubscriptionOptions::new("too-long")
         .unwrap()
         .with_ack_deadline(Duration::from_secs(3600));
@@ -226,8 +236,52 @@ async fn options_outside_the_capabilities_are_rejected() {
         .subscriber()
         .subscribe(&Topic::new("t").unwrap(), options)
         .await
-        .err()
-        .expect("ack deadline above the maximum");
+        .expect_err("ack deadline above the maximum");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert!(err.to_string().contains("ack_deadline"), "{err}");
+}
+
+/// Dead-lettering happens beside the consumer, not in its way: with the dead-letter topic's
+/// only subscription full, a message that used its attempts waits (holding its room), while
+/// `nack` returns at once and the next message is still received.
+#[tokio::test]
+async fn a_full_dead_letter_topic_does_not_stall_receive_or_nack() {
+    let broker = small_broker(3, 0).await;
+    let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
+    let (topic, dead) = (
+        Topic::new("work").unwrap(),
+        Topic::new("work-dead").unwrap(),
+    );
+    let dead_letters = subscriber
+        .subscribe(&dead, SubscriptionOptions::new("dead").unwrap())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        publisher.publish(&dead, hundred_bytes(i)).await.unwrap();
+    }
+    let options = SubscriptionOptions::new("work")
+        .unwrap()
+        .with_dead_letter(dead.clone(), 1);
+    let work = subscriber.subscribe(&topic, options).await.unwrap();
+    publisher.publish(&topic, hundred_bytes(10)).await.unwrap();
+    publisher.publish(&topic, hundred_bytes(11)).await.unwrap();
+    let first = work.receive().await.unwrap();
+    timeout(Duration::from_secs(1), first.nack())
+        .await
+        .expect("nack does not wait for the full dead-letter topic")
+        .unwrap();
+    let second = timeout(Duration::from_secs(1), work.receive())
+        .await
+        .expect("receive is not stalled by the full dead-letter topic")
+        .unwrap();
+    second.ack().await.unwrap();
+    // Room on the dead-letter topic: the exhausted message arrives there.
+    for _ in 0..3 {
+        dead_letters.receive().await.unwrap().ack().await.unwrap();
+    }
+    let arrived = timeout(Duration::from_secs(5), dead_letters.receive())
+        .await
+        .expect("dead-lettered once there is room")
+        .unwrap();
+    assert_eq!(arrived.payload(), &hundred_bytes(10).payload);
 }

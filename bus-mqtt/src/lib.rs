@@ -2,7 +2,7 @@
 //! and 2.1.2.
 //!
 //! ```no_run
-//! use bus_core::{Message, Publisher, Subscriber, SubscriptionOptions, Topic};
+//! use bus_core::{Backend, Message, SubscriptionOptions, Topic};
 //! use bus_mqtt::{MqttBackend, MqttConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -15,7 +15,7 @@
 //! publisher.publish(&topic, Message::new("scan")).await?;
 //! let delivery = scans.receive().await?;
 //! delivery.ack().await?;
-//! backend.close().await;
+//! backend.close().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -62,8 +62,8 @@
 //!   `gone`, a live consumer takes it over (connects with its client id), unsubscribes it,
 //!   sends itself a marker through it and delivers everything the session held — unacked
 //!   deliveries first, as redeliveries — until the marker; acks go back through that session.
-//!   Then the session and its state are deleted, and the departed consumer no longer gets a
-//!   turn. A consumer that leaves while others remain hands over within milliseconds; one that
+//!   Then its state entry is deleted; the emptied session has no subscription left, so the
+//!   departed consumer no longer gets a turn, and it expires on its own. A consumer that leaves while others remain hands over within milliseconds; one that
 //!   is killed, within `mqtt.handover_delay_secs` plus about a second (the broker's will
 //!   timer); the last one to leave keeps its session, so the subscription stays durable.
 //! - **Anchor.** The session `bus-anchor-<name>-<topic hash>` holds *plain* subscriptions to the
@@ -112,7 +112,8 @@ mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{Capabilities, Result};
+use async_trait::async_trait;
+use bus_core::{Backend, Capabilities, Publisher, Result, Subscriber};
 
 pub use config::{MqttConfig, Secret};
 pub use publisher::MqttPublisher;
@@ -196,29 +197,37 @@ impl MqttBackend {
         })
     }
 
-    /// A publisher on the backend's publisher connection.
-    pub fn publisher(&self) -> MqttPublisher {
-        MqttPublisher::new(self.shared.publisher.clone())
-    }
-
-    /// A subscriber; each of its consumers connects on its own.
-    pub fn subscriber(&self) -> MqttSubscriber {
-        MqttSubscriber::new(self.shared.clone())
-    }
-
-    /// What this backend supports and its limits.
-    pub fn capabilities(&self) -> Capabilities {
-        self.shared.capabilities.clone()
-    }
-
     /// The configuration it was made with.
     pub fn config(&self) -> &MqttConfig {
         &self.shared.config
     }
+}
 
-    /// Closes the publisher connection (after what is in flight). Subscriptions close on their
-    /// own (`Subscription::close`, `Subscriber::close`).
-    pub async fn close(&self) {
+#[async_trait]
+impl Backend for MqttBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.shared.capabilities.clone()
+    }
+
+    /// A publisher on the backend's publisher connection.
+    fn publisher(&self) -> Box<dyn Publisher> {
+        Box::new(MqttPublisher::new(self.shared.publisher.clone()))
+    }
+
+    /// A subscriber; each of its consumers connects on its own.
+    fn subscriber(&self) -> Box<dyn Subscriber> {
+        Box::new(MqttSubscriber::new(self.shared.clone()))
+    }
+
+    /// Closes the publisher connection (after what is in flight); publishers made from this
+    /// backend fail from then on. Subscriptions close on their own (`Subscription::close`,
+    /// `Subscriber::close`).
+    async fn close(&self) -> Result<()> {
         self.shared.publisher.close().await;
+        Ok(())
     }
 }

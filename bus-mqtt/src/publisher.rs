@@ -497,7 +497,7 @@ fn short_id() -> String {
 /// Publishes to MQTT topics over its backend's publisher connection.
 ///
 /// `close` stops this publisher (after what it has in flight); the connection, shared with
-/// the backend's other publishers, closes with [`MqttBackend::close`](crate::MqttBackend::close).
+/// the backend's other publishers, closes with the backend (`Backend::close`).
 pub struct MqttPublisher {
     core: Arc<PublisherCore>,
     gate: PublishGate,

@@ -1,6 +1,5 @@
 //! The reserved topics and sessions of bus-mqtt's durability protocol (see the crate docs):
-//! their names, the retained entries kept there, and the two session operations that are not
-//! a consumer's own: anchoring a subscription and wiping a drained session.
+//! their names, the retained entries kept there, and anchoring a subscription.
 //!
 //! Everything under `_bus/` is bus-mqtt's: bus topics start with a letter, so no user topic can
 //! collide with it. Entries read from there come from the broker, so from anyone the ACL lets
@@ -439,23 +438,6 @@ pub(crate) async fn anchor(config: &MqttConfig, key: &SubscriptionKey) -> Result
     .await;
     connection.close().await;
     result
-}
-
-/// Ends the session `client_id` for good (it was drained): a clean start replaces it with an
-/// empty session that expires at once.
-pub(crate) async fn wipe(config: &MqttConfig, client_id: &str) -> Result<()> {
-    let session = Session {
-        client_id: client_id.to_string(),
-        clean_start: true,
-        session_expiry_secs: 0,
-        will: None,
-        subscriptions: Vec::new(),
-        reconnect: false,
-        manual_acks: true,
-    };
-    let connection = Connection::open(config, session, Arc::new(SubscribedOnce::default())).await?;
-    connection.close().await;
-    Ok(())
 }
 
 #[cfg(test)]

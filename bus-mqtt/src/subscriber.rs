@@ -8,8 +8,9 @@
 //! When a consumer sees another session of its subscription `gone` (or the anchor holding
 //! messages), it drains it: it takes the session over, removes its subscriptions, sends itself
 //! a marker through it, and delivers what arrives before the marker (redeliveries first) as its
-//! own deliveries, acked through that session. Once all are settled it deletes the state entry
-//! and the session.
+//! own deliveries, acked through that session. Once all are settled it deletes the state entry;
+//! the emptied session (no subscriptions, no messages) expires on its own — deleting it could
+//! hit its consumer, back in the meantime under the same client id.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -333,6 +334,9 @@ pub(crate) struct Consumer {
     next_tag: AtomicU64,
     pub(crate) lifecycle: Lifecycle,
     closing: AtomicBool,
+    /// Serialises writes of this session's state: once `close` wrote `left`, nothing writes
+    /// `live` over it.
+    state_writes: tokio::sync::Mutex<()>,
     _slot: Slot,
 }
 
@@ -402,6 +406,7 @@ impl Consumer {
             next_tag: AtomicU64::new(0),
             lifecycle,
             closing: AtomicBool::new(false),
+            state_writes: tokio::sync::Mutex::new(()),
             _slot: slot,
         });
         // The registry entry and our state go out before subscribe returns, so a publisher
@@ -415,8 +420,12 @@ impl Consumer {
         Ok(consumer)
     }
 
-    /// Writes the registry entry and this session's state `live`.
+    /// Writes the registry entry and this session's state `live` (unless it is closing).
     async fn announce(&self) -> Result<()> {
+        let _writing = self.state_writes.lock().await;
+        if self.lifecycle.is_closed() {
+            return Ok(());
+        }
         let deadline =
             Instant::now() + Duration::from_millis(self.shared.config.publish_timeout_ms);
         reserved::put_retained(
@@ -547,10 +556,12 @@ impl Consumer {
         lock(&self.drains).remove(&source);
         match result {
             Ok(()) => {
+                // The session stays, empty and without subscriptions, until it expires: deleting
+                // it could hit its consumer, back in the meantime with a new session.
                 if let Some(connection) = drain.connection.get() {
                     connection.close().await;
                 }
-                reserved::wipe(config, target).await
+                Ok(())
             }
             Err(e) => {
                 self.abort_drain(&drain).await;
@@ -708,6 +719,7 @@ impl Consumer {
         for drain in drains {
             self.abort_drain(&drain).await;
         }
+        let _writing = self.state_writes.lock().await;
         if self.own.epoch().is_some() {
             let deadline = Instant::now() + Duration::from_secs(2);
             let gone = SlotEntry::new(&self.client_id, SlotState::Left).payload();

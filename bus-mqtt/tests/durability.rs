@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bus_core::{
-    ErrorKind, Message, Publisher, Subscriber, Subscription, SubscriptionOptions, Topic,
+    Backend, ErrorKind, Message, Publisher, Subscriber, Subscription, SubscriptionOptions, Topic,
 };
 use bus_mqtt::{MqttBackend, MqttConfig};
 use bus_testkit::mosquitto::{broker_version, which, Mosquitto, INSTALL_HINT};

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{Message, Publisher, Subscriber, SubscriptionOptions, Topic};
+use bus_core::{Backend, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_mqtt::{MqttBackend, MqttConfig, Secret};
 use bus_testkit::faults::{Collector, Publishing, Tally};
 use bus_testkit::mosquitto::{broker_version, Mosquitto};

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use bus_core::{Message, Publisher, Subscriber, SubscriptionOptions, Topic};
+use bus_core::{Backend, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_mqtt::{MqttBackend, MqttConfig};
 use bus_testkit::mosquitto::{which, Mosquitto, INSTALL_HINT};
 

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bus_core::{ErrorKind, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
+use bus_core::{Backend, ErrorKind, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_mqtt::{MqttBackend, MqttConfig, Secret};
 use bus_testkit::mosquitto::{which, Mosquitto, INSTALL_HINT};
 

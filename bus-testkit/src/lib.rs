@@ -1,18 +1,16 @@
 //! The bus contract suite and helpers for running it against real brokers.
 //!
 //! Every backend is held to one standard: [`contract`] holds one public async function per
-//! scenario, each taking a [`BackendFactory`]. A backend's test file runs all of them with one
-//! line, one `#[tokio::test]` per scenario, so the test output lists every scenario:
+//! scenario, each taking a [`Target`] (a connected [`Backend`]). A backend's test file runs all
+//! of them with one line, one `#[tokio::test]` per scenario, so the test output lists every
+//! scenario:
 //!
 //! ```ignore
-//! use std::sync::Arc;
-//! use bus_testkit::BackendFactory;
-//!
-//! async fn factory() -> Arc<dyn BackendFactory> {
-//!     Arc::new(MyBackendFactory::start().await)
+//! async fn target() -> bus_testkit::Target {
+//!     bus_testkit::Target::new(MyBackend::connect(&MyConfig::default()).await.unwrap())
 //! }
 //!
-//! bus_testkit::contract_suite!(factory());
+//! bus_testkit::contract_suite!(target());
 //! ```
 //!
 //! Scenarios that need a capability the backend does not declare are skipped *visibly*: the
@@ -20,11 +18,10 @@
 #![deny(missing_docs)]
 
 use std::io::Write;
-
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bus_core::{Capabilities, Publisher, Result, Subscriber};
+use bus_core::{Backend, Capabilities};
 
 pub mod contract;
 pub mod emulator;
@@ -33,26 +30,64 @@ pub mod faults;
 pub mod mosquitto;
 pub mod process;
 
-/// How the contract suite reaches a backend. Publishers and subscribers made by one factory
-/// must reach the same broker.
-#[async_trait]
-pub trait BackendFactory: Send + Sync {
-    /// The backend's name, for reports (`memory`, `mqtt`, `gcp`).
-    fn name(&self) -> &'static str;
+/// Shows the library's logs in test output (captured per test, like `println!`), filtered by
+/// `RUST_LOG` (default `warn`). Call it first in a test; later calls do nothing.
+pub fn logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// What the contract suite runs against: a connected backend, and how long a scenario waits
+/// for one expected delivery.
+#[derive(Debug, Clone)]
+pub struct Target {
+    backend: Arc<dyn Backend>,
+    receive_timeout: Duration,
+}
+
+impl Target {
+    /// The suite against `backend`, waiting [`contract::RECEIVE_TIMEOUT`] for a delivery.
+    pub fn new(backend: impl Backend + 'static) -> Target {
+        Target::shared(Arc::new(backend))
+    }
+
+    /// Like [`Target::new`], for a backend that is already shared (the facade's).
+    pub fn shared(backend: Arc<dyn Backend>) -> Target {
+        Target {
+            backend,
+            receive_timeout: contract::RECEIVE_TIMEOUT,
+        }
+    }
+
+    /// Waits up to `limit` for one expected delivery: for a backend whose redeliveries can
+    /// take longer (say so in its docs).
+    pub fn with_receive_timeout(mut self, limit: Duration) -> Target {
+        self.receive_timeout = limit;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// The backend's name, for reports.
+    pub fn name(&self) -> &'static str {
+        self.backend.name()
+    }
 
     /// What the backend declares it supports; scenarios are chosen from this.
-    fn capabilities(&self) -> Capabilities;
+    pub fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
 
-    /// A new publisher.
-    async fn publisher(&self) -> Result<Box<dyn Publisher>>;
-
-    /// A new subscriber.
-    async fn subscriber(&self) -> Result<Box<dyn Subscriber>>;
-
-    /// How long a scenario waits for one expected delivery. A backend whose redeliveries can
-    /// take longer (say so in its docs) raises it.
-    fn receive_timeout(&self) -> Duration {
-        contract::RECEIVE_TIMEOUT
+    /// How long a scenario waits for one expected delivery.
+    pub fn receive_timeout(&self) -> Duration {
+        self.receive_timeout
     }
 }
 
@@ -78,12 +113,12 @@ impl Outcome {
     }
 }
 
-/// Expands to one `#[tokio::test]` per contract scenario. `$factory` is an expression that
-/// evaluates to a future of `Arc<dyn BackendFactory>`; it is evaluated once per test.
+/// Expands to one `#[tokio::test]` per contract scenario. `$target` is an expression that
+/// evaluates to a future of [`Target`]; it is evaluated once per test.
 #[macro_export]
 macro_rules! contract_suite {
-    ($factory:expr) => {
-        $crate::contract_suite!(@scenarios $factory;
+    ($target:expr) => {
+        $crate::contract_suite!(@scenarios $target;
             round_trip,
             durable_backlog,
             fan_out,
@@ -104,14 +139,15 @@ macro_rules! contract_suite {
             typed_decode_error_keeps_delivery
         );
     };
-    (@scenarios $factory:expr; $($scenario:ident),* $(,)?) => {
+    (@scenarios $target:expr; $($scenario:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $scenario() {
-                let factory: ::std::sync::Arc<dyn $crate::BackendFactory> = $factory.await;
-                $crate::contract::$scenario(&*factory)
+                $crate::logging();
+                let target: $crate::Target = $target.await;
+                $crate::contract::$scenario(&target)
                     .await
-                    .report(stringify!($scenario), factory.name());
+                    .report(stringify!($scenario), target.name());
             }
         )*
     };

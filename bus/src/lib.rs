@@ -258,53 +258,58 @@ pub struct Bus {
     pub publisher: Box<dyn Publisher>,
     /// Subscribes on the configured backend.
     pub subscriber: Box<dyn Subscriber>,
+    backend: Box<dyn Backend>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bus {
-    /// Closes the publisher (flushing what is in flight) and the subscriber.
+    /// The backend, for more publishers and subscribers on the same connections.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Closes the publisher (flushing what is in flight), the subscriber and the backend's
+    /// connections.
     pub async fn close(&self) -> Result<()> {
         let published = self.publisher.close().await;
         self.subscriber.close().await?;
+        self.backend.close().await?;
         published
     }
 }
 
-/// Connects to the backend the config names.
+/// Connects to the backend the config names, with a publisher and a subscriber.
 ///
 /// Asking for a backend whose Cargo feature is not enabled is an [`ErrorKind::Config`] error
 /// naming the feature.
 pub async fn connect(config: &Config) -> Result<Bus> {
-    match config.backend {
-        BackendKind::Memory => {
-            let broker = memory::MemoryBroker::shared(config.memory.clone())?;
-            Ok(Bus {
-                publisher: Box::new(broker.publisher()),
-                subscriber: Box::new(broker.subscriber()),
-            })
-        }
+    let backend = connect_backend(config).await?;
+    Ok(Bus {
+        publisher: backend.publisher(),
+        subscriber: backend.subscriber(),
+        backend,
+    })
+}
+
+/// Connects to the backend the config names: each backend crate is entered the same way, with
+/// its config section and `XxxBackend::connect`.
+pub async fn connect_backend(config: &Config) -> Result<Box<dyn Backend>> {
+    Ok(match config.backend {
+        BackendKind::Memory => Box::new(memory::MemoryBackend::connect(&config.memory).await?),
         #[cfg(feature = "mqtt")]
-        BackendKind::Mqtt => {
-            let mqtt: mqtt::MqttConfig = config.section("mqtt")?;
-            let backend = mqtt::MqttBackend::connect(&mqtt).await?;
-            Ok(Bus {
-                publisher: Box::new(backend.publisher()),
-                subscriber: Box::new(backend.subscriber()),
-            })
-        }
-        #[cfg(not(feature = "mqtt"))]
-        BackendKind::Mqtt => Err(missing_feature(config, BackendKind::Mqtt)),
+        BackendKind::Mqtt => Box::new(mqtt::MqttBackend::connect(&config.section("mqtt")?).await?),
         #[cfg(feature = "gcp")]
-        BackendKind::Gcp => {
-            let gcp: gcp::GcpConfig = config.section("gcp")?;
-            let backend = gcp::GcpBackend::connect(&gcp).await?;
-            Ok(Bus {
-                publisher: Box::new(backend.publisher()),
-                subscriber: Box::new(backend.subscriber()),
-            })
-        }
-        #[cfg(not(feature = "gcp"))]
-        BackendKind::Gcp => Err(missing_feature(config, BackendKind::Gcp)),
-    }
+        BackendKind::Gcp => Box::new(gcp::GcpBackend::connect(&config.section("gcp")?).await?),
+        #[allow(unreachable_patterns)]
+        kind => return Err(missing_feature(config, kind)),
+    })
 }
 
 #[cfg_attr(all(feature = "mqtt", feature = "gcp"), allow(dead_code))]

@@ -180,8 +180,7 @@ async fn a_backend_whose_feature_is_off_names_the_feature() {
     config.backend = BackendKind::Gcp;
     let err = bus::connect(&config)
         .await
-        .err()
-        .expect("gcp is not compiled in");
+        .expect_err("gcp is not compiled in");
     assert_eq!(err.kind(), ErrorKind::Config);
     let message = err.to_string();
     assert!(message.contains("`gcp` feature"), "{message}");
@@ -198,8 +197,7 @@ fn invalid_memory_settings_are_config_errors_from_connect() {
         .unwrap();
     let err = runtime
         .block_on(bus::connect(&config))
-        .err()
-        .expect("queue smaller than one message");
+        .expect_err("queue smaller than one message");
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(
         err.to_string().contains("memory.max_queued_bytes = 10"),
@@ -219,8 +217,7 @@ fn gcp_without_a_project_names_the_missing_key() {
             .unwrap();
         let err = runtime
             .block_on(bus::connect(&config))
-            .err()
-            .expect("gcp.project is required");
+            .expect_err("gcp.project is required");
         assert_eq!(err.kind(), ErrorKind::Config);
         let message = err.to_string();
         assert!(

@@ -55,7 +55,7 @@ async fn mqtt_by_environment() {
 #[tokio::test]
 async fn mqtt_config_errors_name_the_key() {
     let config = load_with_env(&[("BUS_BACKEND", "mqtt"), ("BUS_MQTT__QOS", "7")]);
-    let err = bus::connect(&config).await.err().expect("qos 7 is invalid");
+    let err = bus::connect(&config).await.expect_err("qos 7 is invalid");
     assert_eq!(err.kind(), bus::ErrorKind::Config);
     assert!(err.to_string().contains("mqtt.qos = 7"), "{err}");
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bus::cloudevents::{EventFormat, PublishEvent};
-use bus::memory::{MemoryBroker, MemoryConfig};
-use bus::{Publisher, Subscriber};
+use bus::memory::{MemoryBackend, MemoryConfig};
+use bus::Backend;
 use bus_examples::analysis::{samples, scan, Llm, OfflineStubLlm};
 use bus_examples::pipeline::PatchEvaluator;
 use bus_examples::schema::*;
@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn any_order_and_duplicates_give_one_evaluation_per_program() {
-    let broker = MemoryBroker::new(MemoryConfig {
+    let broker = MemoryBackend::connect(&MemoryConfig {
         name: "join-test".into(),
         ..MemoryConfig::default()
     })
+    .await
     .unwrap();
     let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
-    let evaluator = PatchEvaluator::subscribe(&subscriber).await.unwrap();
+    let evaluator = PatchEvaluator::subscribe(&*subscriber).await.unwrap();
     let format = EventFormat::structured();
 
     let file = &samples()[0];
