@@ -51,7 +51,9 @@ use serde::{Deserialize, Serialize};
 pub use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 
 use crate::typed::CONTENT_TYPE_ATTRIBUTE;
-use crate::{Delivery, Error, ErrorKind, Message, Publisher, Result, Subscription, Topic};
+use crate::{
+    printable, Delivery, Error, ErrorKind, Message, Publisher, Result, Subscription, Topic, CORE,
+};
 
 /// The content type of a structured-mode message.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -66,6 +68,7 @@ pub const MQTT_PREFIX: &str = "";
 /// How events are put into messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum EventMode {
     /// The whole event as JSON in the payload (the default; what the Python services send).
     #[default]
@@ -122,7 +125,7 @@ pub fn event_message(event: &Event, format: &EventFormat) -> Result<Message> {
     match format.mode {
         EventMode::Structured => {
             let payload = serde_json::to_vec(event).map_err(|e| {
-                Error::invalid_argument("bus", "the event cannot be serialised as JSON")
+                Error::invalid_argument(CORE, "the event cannot be serialised as JSON")
                     .with_source(e)
             })?;
             Ok(Message::new(payload)
@@ -134,7 +137,7 @@ pub fn event_message(event: &Event, format: &EventFormat) -> Result<Message> {
                 Some(Data::Binary(bytes)) => bytes.clone(),
                 Some(Data::String(text)) => text.clone().into_bytes(),
                 Some(Data::Json(value)) => serde_json::to_vec(value).map_err(|e| {
-                    Error::invalid_argument("bus", "the event's data cannot be serialised")
+                    Error::invalid_argument(CORE, "the event's data cannot be serialised")
                         .with_source(e)
                 })?,
             };
@@ -159,22 +162,28 @@ fn binary_prefix(message_attributes: &crate::Attributes) -> Option<&'static str>
         .find(|prefix| message_attributes.contains_key(&format!("{prefix}specversion")))
 }
 
-/// Decodes the event in a message, in either mode.
-pub fn decode_event(message: &Message) -> std::result::Result<Event, String> {
+/// A [`ErrorKind::Decode`] error; `why` may quote the message, so it is made printable.
+fn undecodable(why: impl AsRef<str>) -> Error {
+    Error::new(ErrorKind::Decode, CORE, printable(why.as_ref()))
+}
+
+/// Decodes the event in a message, in either mode. A message that is not a CloudEvent is an
+/// [`ErrorKind::Decode`] error.
+pub fn decode_event(message: &Message) -> Result<Event> {
     match binary_prefix(&message.attributes) {
         Some(prefix) => decode_binary(message, prefix),
         None => serde_json::from_slice::<Event>(&message.payload)
-            .map_err(|e| format!("not a structured-mode CloudEvent: {e}")),
+            .map_err(|e| undecodable(format!("not a structured-mode CloudEvent: {e}"))),
     }
 }
 
-fn decode_binary(message: &Message, prefix: &str) -> std::result::Result<Event, String> {
+fn decode_binary(message: &Message, prefix: &str) -> Result<Event> {
     let attribute = |name: &str| message.attributes.get(&format!("{prefix}{name}"));
     if attribute("specversion").map(String::as_str) != Some("1.0") {
-        return Err(format!(
+        return Err(undecodable(format!(
             "binary-mode CloudEvent with specversion {:?}; only 1.0 is supported",
             attribute("specversion")
-        ));
+        )));
     }
     let mut builder = EventBuilderV10::new();
     for (key, value) in &message.attributes {
@@ -219,10 +228,13 @@ fn decode_binary(message: &Message, prefix: &str) -> std::result::Result<Event, 
             None => builder.data("application/octet-stream", data),
         };
     }
-    builder.build().map_err(|e| e.to_string())
+    builder
+        .build()
+        .map_err(|e| undecodable(format!("not a valid binary-mode CloudEvent: {e}")))
 }
 
 /// An event and its data decoded as `T`, with the delivery still to be settled.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct TypedEvent<T> {
     /// The event (context attributes and raw data).
@@ -245,22 +257,28 @@ impl<T> TypedEvent<T> {
     }
 }
 
-/// Decodes `data` (JSON, a JSON string, or bytes holding JSON) as `T`.
-pub fn event_data<T: DeserializeOwned>(event: &Event) -> std::result::Result<T, String> {
-    match event.data() {
-        Some(Data::Json(value)) => T::deserialize(value).map_err(|e| e.to_string()),
-        Some(Data::String(text)) => serde_json::from_str(text).map_err(|e| e.to_string()),
-        Some(Data::Binary(bytes)) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-        None => Err("the event has no data".to_string()),
-    }
+/// Decodes `data` (JSON, a JSON string, or bytes holding JSON) as `T`; what does not decode is
+/// an [`ErrorKind::Decode`] error.
+pub fn event_data<T: DeserializeOwned>(event: &Event) -> Result<T> {
+    let decoded = match event.data() {
+        Some(Data::Json(value)) => T::deserialize(value),
+        Some(Data::String(text)) => serde_json::from_str(text),
+        Some(Data::Binary(bytes)) => serde_json::from_slice(bytes),
+        None => return Err(undecodable("the event has no data")),
+    };
+    decoded.map_err(|e| {
+        undecodable(format!(
+            "data is not a valid {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
 }
 
 /// Decodes a delivery as an event with data `T`. On failure the error is
 /// [`ErrorKind::Decode`] and carries the delivery.
 pub fn decode_typed_event<T: DeserializeOwned>(delivery: Delivery) -> Result<TypedEvent<T>> {
     let decoded = decode_event(delivery.message()).and_then(|event| {
-        let data = event_data::<T>(&event)
-            .map_err(|e| format!("data is not a valid {}: {e}", std::any::type_name::<T>()))?;
+        let data = event_data::<T>(&event)?;
         Ok((event, data))
     });
     match decoded {
@@ -271,11 +289,12 @@ pub fn decode_typed_event<T: DeserializeOwned>(delivery: Delivery) -> Result<Typ
         }),
         Err(reason) => {
             let message = format!(
-                "message {} on {} is not the expected CloudEvent: {reason}",
-                delivery.id(),
-                delivery.topic()
+                "message {} on {} is not the expected CloudEvent: {}",
+                printable(delivery.id()),
+                delivery.topic(),
+                reason.message()
             );
-            Err(Error::new(ErrorKind::Decode, "bus", message).with_delivery(delivery))
+            Err(Error::new(ErrorKind::Decode, CORE, message).with_delivery(delivery))
         }
     }
 }
@@ -284,6 +303,15 @@ pub fn decode_typed_event<T: DeserializeOwned>(delivery: Delivery) -> Result<Typ
 pub struct EventSubscription<T> {
     inner: Box<dyn Subscription>,
     _type: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for EventSubscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSubscription")
+            .field("inner", &self.inner)
+            .field("type", &std::any::type_name::<T>())
+            .finish()
+    }
 }
 
 impl<T: DeserializeOwned> EventSubscription<T> {
@@ -390,6 +418,8 @@ mod tests {
     fn junk_is_a_decode_error() {
         assert!(decode_event(&Message::new("Hello")).is_err());
         let wrong_version = Message::new("{}").with_attribute("ce-specversion", "0.3");
-        assert!(decode_event(&wrong_version).unwrap_err().contains("0.3"));
+        let err = decode_event(&wrong_version).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert!(err.message().contains("0.3"), "{err}");
     }
 }

@@ -5,6 +5,38 @@ use std::fmt;
 
 use crate::Delivery;
 
+/// The name errors carry when no backend raised them: bus itself (name validation, typed and
+/// CloudEvents encoding and decoding, configuration).
+pub const CORE: &str = "bus";
+
+/// Text that came from the wire (a payload, an attribute, a decoder's complaint quoting them),
+/// made safe for one log line or error message: control characters escaped (a newline cannot
+/// forge another log line) and at most 200 characters kept.
+///
+/// ```
+/// assert_eq!(bus_core::printable("fixed\nFORGED LINE"), "fixed\\nFORGED LINE");
+/// assert!(bus_core::printable(&"x".repeat(5_000)).chars().count() <= 201);
+/// ```
+pub fn printable(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = text
+        .chars()
+        .take(MAX)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if text.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A `Result` whose error is the bus [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -4,7 +4,7 @@
 //! - [`Message`] to publish, [`Delivery`] received, settled with [`Delivery::ack`] or
 //!   [`Delivery::nack`].
 //! - [`Publisher`], [`Subscriber`] and [`Subscription`]: small object-safe async traits;
-//!   conveniences in [`SubscriberExt`], [`SubscriptionExt`] and [`PublisherExt`].
+//!   conveniences in [`SubscriberExt`], [`SubscriptionExt`] and [`PublishJson`].
 //! - [`Backend`]: what every backend crate's entry type implements (`XxxBackend::connect`).
 //! - [`Capabilities`]: what a backend supports, declared rather than hidden.
 //! - [`Error`]: one error type with an [`ErrorKind`], a retryable flag and the backend's name.
@@ -14,6 +14,7 @@
 //! Delivery is at-least-once: a message is delivered until a consumer acks it, so handlers
 //! should be idempotent (the [`Delivery::id`] is stable across redeliveries).
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
 mod capabilities;
@@ -31,14 +32,14 @@ pub mod mock;
 
 pub use backend::Backend;
 pub use capabilities::Capabilities;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{printable, Error, ErrorKind, Result, CORE};
 pub use message::{Acker, Attributes, Delivery, DeliveryHandle, Message};
 pub use names::{SubscriptionName, Topic, MAX_NAME_LEN};
 pub use options::{
     DeadLetterPolicy, SubscriptionOptions, DEFAULT_ACK_DEADLINE, DEFAULT_MAX_DELIVERY_ATTEMPTS,
 };
 pub use traits::{Publisher, Subscriber, SubscriberExt, Subscription, SubscriptionExt};
-pub use typed::{JsonSubscription, PublisherExt, Typed};
+pub use typed::{JsonSubscription, PublishJson, Typed};
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

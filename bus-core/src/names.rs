@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::{Error, Result};
+use crate::{Error, Result, CORE};
 
 /// The longest topic or subscription name, in bytes (all allowed characters are ASCII).
 pub const MAX_NAME_LEN: usize = 255;
@@ -154,7 +154,7 @@ impl AsRef<str> for SubscriptionName {
 fn validate(name: &str, what: &str, is_topic: bool) -> Result<()> {
     let fail = |rule: String| {
         Err(Error::invalid_argument(
-            "bus",
+            CORE,
             format!("{what} {name:?}: {rule}"),
         ))
     };

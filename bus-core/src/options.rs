@@ -11,6 +11,7 @@ pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_DELIVERY_ATTEMPTS: u32 = 5;
 
 /// Where messages go that failed too often.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterPolicy {
     /// The topic that receives them, with their payload, attributes and ordering key intact.
@@ -32,6 +33,7 @@ pub struct DeadLetterPolicy {
 /// assert_eq!(options.name.as_str(), "patch-evaluation");
 /// # Ok::<(), bus_core::Error>(())
 /// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionOptions {
     /// Consumers with the same name share messages; different names each get every message.

@@ -7,7 +7,7 @@
 //! ```
 //! # async fn example(publisher: &dyn bus_core::Publisher, subscriber: &dyn bus_core::Subscriber)
 //! # -> bus_core::Result<()> {
-//! use bus_core::{ErrorKind, JsonSubscription, PublisherExt, SubscriptionOptions, Topic};
+//! use bus_core::{ErrorKind, JsonSubscription, PublishJson, SubscriptionOptions, Topic};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
@@ -40,7 +40,9 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{Delivery, Error, ErrorKind, Message, Publisher, Result, Subscription, Topic};
+use crate::{
+    printable, Delivery, Error, ErrorKind, Message, Publisher, Result, Subscription, Topic, CORE,
+};
 
 /// The attribute that carries a typed message's content type.
 pub const CONTENT_TYPE_ATTRIBUTE: &str = "content-type";
@@ -48,9 +50,9 @@ pub const CONTENT_TYPE_ATTRIBUTE: &str = "content-type";
 /// The content type of JSON payloads.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// Typed publishing for every [`Publisher`].
+/// Publishing serde values as JSON, for every [`Publisher`].
 #[async_trait]
-pub trait PublisherExt: Publisher {
+pub trait PublishJson: Publisher {
     /// Serialises `value` as JSON and publishes it with `content-type: application/json`.
     async fn publish_json<T: Serialize + Sync + ?Sized>(
         &self,
@@ -61,18 +63,19 @@ pub trait PublisherExt: Publisher {
     }
 }
 
-impl<P: Publisher + ?Sized> PublisherExt for P {}
+impl<P: Publisher + ?Sized> PublishJson for P {}
 
 /// A JSON message for `value`, with its content-type attribute set; add attributes or an
 /// ordering key before publishing it.
 pub fn json_message<T: Serialize + ?Sized>(value: &T) -> Result<Message> {
     let payload = serde_json::to_vec(value).map_err(|e| {
-        Error::invalid_argument("bus", "value cannot be serialised as JSON").with_source(e)
+        Error::invalid_argument(CORE, "value cannot be serialised as JSON").with_source(e)
     })?;
     Ok(Message::new(payload).with_attribute(CONTENT_TYPE_ATTRIBUTE, JSON_CONTENT_TYPE))
 }
 
 /// A decoded message together with its delivery, which still has to be settled.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct Typed<T> {
     /// The decoded payload.
@@ -100,24 +103,25 @@ pub fn decode_json<T: DeserializeOwned>(delivery: Delivery) -> Result<Typed<T>> 
         let essence = content_type.split(';').next().unwrap_or("").trim();
         if !(essence == JSON_CONTENT_TYPE || essence.ends_with("+json")) {
             let message = format!(
-                "message {} has content-type {content_type:?}, expected {JSON_CONTENT_TYPE}",
-                delivery.id()
+                "message {} has content-type \"{}\", expected {JSON_CONTENT_TYPE}",
+                printable(delivery.id()),
+                printable(content_type)
             );
-            return Err(Error::new(ErrorKind::Decode, "bus", message).with_delivery(delivery));
+            return Err(Error::new(ErrorKind::Decode, CORE, message).with_delivery(delivery));
         }
     }
     match serde_json::from_slice(delivery.payload()) {
         Ok(value) => Ok(Typed { value, delivery }),
         Err(e) => {
+            // serde's complaint quotes the payload: keep it printable and short.
             let message = format!(
-                "message {} on {} is not a valid {}",
-                delivery.id(),
+                "message {} on {} is not a valid {}: {}",
+                printable(delivery.id()),
                 delivery.topic(),
-                std::any::type_name::<T>()
+                std::any::type_name::<T>(),
+                printable(&e.to_string())
             );
-            Err(Error::new(ErrorKind::Decode, "bus", message)
-                .with_source(e)
-                .with_delivery(delivery))
+            Err(Error::new(ErrorKind::Decode, CORE, message).with_delivery(delivery))
         }
     }
 }
@@ -126,6 +130,15 @@ pub fn decode_json<T: DeserializeOwned>(delivery: Delivery) -> Result<Typed<T>> 
 pub struct JsonSubscription<T> {
     inner: Box<dyn Subscription>,
     _type: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for JsonSubscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonSubscription")
+            .field("inner", &self.inner)
+            .field("type", &std::any::type_name::<T>())
+            .finish()
+    }
 }
 
 impl<T: DeserializeOwned> JsonSubscription<T> {

@@ -86,6 +86,7 @@
 //!
 //! [google-cloud-pubsub]: https://crates.io/crates/google-cloud-pubsub
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod acks;
 mod admin;

@@ -9,7 +9,7 @@ use base64::Engine;
 use bus_core::{Backend, ErrorKind, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_gcp::{names, GcpBackend, GcpConfig};
 use bus_testkit::emulator::PubSubEmulator;
-use bus_testkit::mosquitto::{free_port, which};
+use bus_testkit::process::{free_port, which};
 use serde_json::{json, Value};
 
 const PROJECT: &str = "bus-emulator-tests";

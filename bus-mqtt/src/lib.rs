@@ -100,6 +100,7 @@
 //! broker bus uses must set `max_queued_messages 0` (or a bound far above any backlog):
 //! Mosquitto silently drops QoS 1 messages beyond it (default 1000), and persistence must be on.
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod acks;
 mod config;

@@ -535,7 +535,7 @@ impl Publisher for MqttPublisher {
                 BACKEND,
                 format!(
                     "attribute {:?}: names starting with {RESERVED_PREFIX:?} are reserved by bus",
-                    reserved::escaped(key)
+                    bus_core::printable(key)
                 ),
             ));
         }

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_core::{Error, ErrorKind, Result, SubscriptionName, Topic};
+use bus_core::{printable, Error, ErrorKind, Result, SubscriptionName, Topic};
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, LastWill, LastWillProperties, PublishProperties, RetainForwardRule,
@@ -261,7 +261,7 @@ pub(crate) fn parse_slot(key: &SubscriptionKey, hash: &str, payload: &[u8]) -> O
         Ok(entry) => {
             tracing::warn!(
                 subscription = %key.name, topic = %key.topic,
-                entry = %escaped(&format!("{entry:?}")),
+                entry = %printable(&format!("{entry:?}")),
                 "skipping a hand-over state entry that names a session of another subscription"
             );
             None
@@ -269,7 +269,7 @@ pub(crate) fn parse_slot(key: &SubscriptionKey, hash: &str, payload: &[u8]) -> O
         Err(e) => {
             tracing::warn!(
                 subscription = %key.name, topic = %key.topic, error = %e,
-                payload = %escaped(&String::from_utf8_lossy(payload)),
+                payload = %printable(&String::from_utf8_lossy(payload)),
                 "skipping a malformed hand-over state entry under _bus/slot"
             );
             None
@@ -293,27 +293,12 @@ pub(crate) fn parse_registry(key: &SubscriptionKey, payload: &[u8]) -> Option<Re
         _ => {
             tracing::warn!(
                 subscription = %key.name, topic = %key.topic,
-                payload = %escaped(&String::from_utf8_lossy(payload)),
+                payload = %printable(&String::from_utf8_lossy(payload)),
                 "skipping a malformed subscription registry entry under _bus/sub"
             );
             None
         }
     }
-}
-
-/// Text from the wire, safe for one log line: control characters escaped, at most 200
-/// characters.
-pub(crate) fn escaped(text: &str) -> String {
-    const MAX: usize = 200;
-    let mut out: String = text
-        .chars()
-        .take(MAX)
-        .flat_map(char::escape_debug)
-        .collect();
-    if text.chars().count() > MAX {
-        out.push('…');
-    }
-    out
 }
 
 /// The registry entry for `key`.
@@ -512,12 +497,5 @@ mod tests {
         assert_eq!(parse_slot(&key, &"0".repeat(16), &foreign), None);
         assert!(parse_registry(&key, &registry_payload(&key)).is_some());
         assert!(parse_registry(&key, br#"{"v":1,"subscription":"x","topic":"y"}"#).is_none());
-    }
-
-    #[test]
-    fn log_text_is_escaped_and_bounded() {
-        assert_eq!(escaped("a\nb"), "a\\nb");
-        let long = "x".repeat(5_000);
-        assert!(escaped(&long).chars().count() <= 201);
     }
 }

@@ -14,7 +14,8 @@ use bus_core::{
     Backend, ErrorKind, Message, Publisher, Subscriber, Subscription, SubscriptionOptions, Topic,
 };
 use bus_mqtt::{MqttBackend, MqttConfig};
-use bus_testkit::mosquitto::{broker_version, which, Mosquitto, INSTALL_HINT};
+use bus_testkit::mosquitto::{broker_version, Mosquitto, INSTALL_HINT};
+use bus_testkit::process::which;
 
 fn config(broker: &Mosquitto, process: &str) -> MqttConfig {
     MqttConfig {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bus_core::{Backend, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_mqtt::{MqttBackend, MqttConfig};
-use bus_testkit::mosquitto::{which, Mosquitto, INSTALL_HINT};
+use bus_testkit::mosquitto::{Mosquitto, INSTALL_HINT};
+use bus_testkit::process::which;
 
 fn broker() -> &'static Mosquitto {
     Mosquitto::shared()

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bus_core::{Backend, ErrorKind, Message, Publisher, Subscriber, SubscriptionOptions, Topic};
 use bus_mqtt::{MqttBackend, MqttConfig, Secret};
-use bus_testkit::mosquitto::{which, Mosquitto, INSTALL_HINT};
+use bus_testkit::mosquitto::{Mosquitto, INSTALL_HINT};
+use bus_testkit::process::which;
 
 const USER: &str = "svc";
 const PASSWORD: &str = "correct horse battery staple";
@@ -74,7 +75,7 @@ fn secure_broker() -> &'static Mosquitto {
 /// The port of the listener that requires a client certificate.
 fn mtls_port() -> u16 {
     static PORT: OnceLock<u16> = OnceLock::new();
-    *PORT.get_or_init(bus_testkit::mosquitto::free_port)
+    *PORT.get_or_init(bus_testkit::process::free_port)
 }
 
 fn config(password: &str) -> MqttConfig {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::mosquitto::free_port;
 use crate::process::WatchedProcess;
+use crate::process::{free_port, which};
 
 /// Where the Debian/Ubuntu `google-cloud-cli-pubsub-emulator` package puts the emulator.
 pub const DEFAULT_EMULATOR: &str =
@@ -18,6 +18,7 @@ pub const DEFAULT_EMULATOR: &str =
 pub const EMULATOR_HINT: &str = "install Google's Pub/Sub emulator (Java 17+): `apt-get install -y google-cloud-cli-pubsub-emulator` from Google's Cloud SDK apt repository, or `gcloud components install pubsub-emulator`; or set PUBSUB_EMULATOR_BIN to its `cloud-pubsub-emulator` script, or PUBSUB_EMULATOR_HOST=HOST:PORT to use a running emulator";
 
 /// A Pub/Sub emulator process owned by the test binary.
+#[derive(Debug)]
 pub struct PubSubEmulator {
     binary: PathBuf,
     port: u16,
@@ -37,7 +38,7 @@ pub fn find_emulator() -> Option<PathBuf> {
         candidates.push(PathBuf::from(root).join(relative));
     }
     candidates.push(PathBuf::from(DEFAULT_EMULATOR));
-    if let Some(gcloud) = crate::mosquitto::which("gcloud") {
+    if let Some(gcloud) = which("gcloud") {
         let resolved = std::fs::canonicalize(&gcloud).unwrap_or(gcloud);
         // .../google-cloud-sdk/bin/gcloud -> .../google-cloud-sdk
         if let Some(root) = resolved.parent().and_then(|bin| bin.parent()) {

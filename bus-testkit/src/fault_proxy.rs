@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The proxy; it stops when dropped.
+#[derive(Debug)]
 pub struct FaultProxy {
     address: SocketAddr,
     connections: Arc<Mutex<CancellationToken>>,

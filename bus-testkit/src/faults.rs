@@ -11,6 +11,7 @@ use bus_core::{Message, Publisher, Subscription, Topic};
 use futures::future::BoxFuture;
 
 /// What a load-under-faults run measured (it panics on any loss).
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultReport {
     /// Messages published (and all received).
@@ -171,6 +172,7 @@ impl Tally {
 }
 
 /// A consumer that receives and acks into a [`Tally`] until it is stopped.
+#[derive(Debug)]
 pub struct Collector {
     subscription: Arc<dyn Subscription>,
     task: tokio::task::JoinHandle<()>,
@@ -207,6 +209,7 @@ impl Collector {
 }
 
 /// Publishers each sending `each` distinct messages `"<publisher>:<n>"`, one at a time.
+#[derive(Debug)]
 pub struct Publishing {
     confirmed: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,

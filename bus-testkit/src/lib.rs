@@ -92,6 +92,7 @@ impl Target {
 }
 
 /// The result of a scenario that did not fail (failures panic, as test assertions do).
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every check of the scenario ran and held.

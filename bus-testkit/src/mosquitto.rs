@@ -3,12 +3,12 @@
 //! dir (for fault tests), and it dies with the test process, even after a panic.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::process::WatchedProcess;
+use crate::process::{free_port, which, WatchedProcess};
 
 /// How to install Mosquitto, repeated in every "not found" failure.
 pub const INSTALL_HINT: &str =
@@ -60,6 +60,7 @@ pub fn broker_version() -> (u32, u32, u32) {
 }
 
 /// A Mosquitto process owned by the test binary.
+#[derive(Debug)]
 pub struct Mosquitto {
     binary: PathBuf,
     port: u16,
@@ -204,21 +205,4 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
-
-/// The full path of `program` on `PATH` (or in /usr/sbin, where Debian puts mosquitto).
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }

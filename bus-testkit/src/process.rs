@@ -1,14 +1,16 @@
-//! A broker process owned by a test binary: started behind a watchdog that kills it when the
-//! test process is gone (even after a panic or SIGKILL), stopped gracefully on demand.
+//! Broker processes owned by a test binary: started behind a watchdog that kills them when the
+//! test process is gone (even after a panic or SIGKILL), stopped gracefully on demand; and
+//! finding programs and free ports for them.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A process started by [`WatchedProcess::start`].
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct WatchedProcess {
     pid: Mutex<Option<u32>>,
 }
@@ -106,4 +108,21 @@ impl Drop for WatchedProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// The full path of `program` on `PATH` (or in /usr/sbin, where Debian puts mosquitto).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }

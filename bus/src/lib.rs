@@ -50,6 +50,7 @@
 //! Invalid configuration is an [`ErrorKind::Config`] error naming the key, where its value came
 //! from (file or environment variable) and the fix.
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "bus.toml";
 /// Which transport to use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// The in-process broker (`bus-memory`); the default.
     #[default]
@@ -198,7 +200,7 @@ impl Config {
         let path = path.as_ref();
         if !path.is_file() {
             return Err(Error::config(
-                "bus",
+                CORE,
                 format!(
                     "config file {} does not exist (named by {CONFIG_PATH_VAR} or the caller); create it or point {CONFIG_PATH_VAR} at an existing file",
                     path.display()
@@ -316,7 +318,7 @@ pub async fn connect_backend(config: &Config) -> Result<Box<dyn Backend>> {
 fn missing_feature(config: &Config, kind: BackendKind) -> Error {
     let name = kind.as_str();
     Error::config(
-        "bus",
+        CORE,
         format!(
             "backend = \"{name}\" (from {}) needs the `{name}` feature of the `bus` crate, which this build does not have; depend on bus with features = [\"{name}\"], or choose backend = \"memory\"",
             config.backend_origin()
@@ -382,5 +384,5 @@ fn describe_figment_error(error: figment::Error) -> Error {
         };
     }
     // The figment error is not attached as the source: its text would repeat all of the above.
-    Error::config("bus", text)
+    Error::config(CORE, text)
 }

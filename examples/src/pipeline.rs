@@ -120,6 +120,7 @@ where
 }
 
 /// llm-dispatch, subscribed: turns scan results into patch responses.
+#[derive(Debug)]
 pub struct LlmDispatch {
     scans: Arc<EventSubscription<ScanResult>>,
 }
@@ -206,6 +207,7 @@ struct Join {
 }
 
 /// patch-evaluation, subscribed: joins crashes with patches by program name.
+#[derive(Debug)]
 pub struct PatchEvaluator {
     crashes: Arc<EventSubscription<CrashDetail>>,
     patches: Arc<EventSubscription<PatchResponse>>,

@@ -21,6 +21,7 @@ pub struct AppSettings {
 }
 
 /// A connected service.
+#[derive(Debug)]
 pub struct Service {
     /// The service's name (also its subscription name and default MQTT client id).
     pub name: &'static str,

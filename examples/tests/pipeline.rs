@@ -143,7 +143,7 @@ fn the_demo_runs_the_pipeline_in_memory() {
 async fn the_shipped_mosquitto_config_runs_the_pipeline_with_credentials() {
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
     let dir = tempfile::tempdir().unwrap();
-    let port = bus_testkit::mosquitto::free_port();
+    let port = bus_testkit::process::free_port();
     let shipped = std::fs::read_to_string(deploy.join("mosquitto.conf")).unwrap();
     for line in [
         "allow_anonymous false",
@@ -174,7 +174,7 @@ async fn the_shipped_mosquitto_config_runs_the_pipeline_with_credentials() {
     assert!(passwd.success());
     let _broker = KillOnDrop(
         std::process::Command::new(
-            bus_testkit::mosquitto::which("mosquitto").expect("mosquitto is installed"),
+            bus_testkit::process::which("mosquitto").expect("mosquitto is installed"),
         )
         .arg("-c")
         .arg(dir.path().join("mosquitto.conf"))

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_core::{
-    Delivery, ErrorKind, JsonSubscription, Message, Publisher, PublisherExt, Subscriber,
+    Delivery, ErrorKind, JsonSubscription, Message, PublishJson, Publisher, Subscriber,
     Subscription, SubscriptionOptions, Topic,
 };
 use bytes::Bytes;
