@@ -398,6 +398,13 @@ fn print(results: &[BenchResult], json: bool) {
 
 fn main() {
     let cli = Cli::parse();
+    // The library's warnings (connection lost, reconnecting, ...) on stderr; RUST_LOG filters.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

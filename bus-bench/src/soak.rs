@@ -112,6 +112,8 @@ pub struct SubscriptionReport {
     pub worst_delay_ms: u64,
     /// The same, 99th percentile.
     pub p99_delay_ms: u64,
+    /// Some of the lost messages (`<publisher>:<seq>:<publish time ms>`), for diagnosis.
+    pub lost_sample: Vec<String>,
 }
 
 /// What a soak measured.
@@ -133,6 +135,8 @@ pub struct SoakReport {
     pub subscriptions: Vec<SubscriptionReport>,
     /// From the end of publishing until every subscription had every message, in seconds.
     pub settle_secs: f64,
+    /// When each fault was injected (ms since the epoch) and what it was.
+    pub fault_log: Vec<(u64, String)>,
 }
 
 impl SoakReport {
@@ -347,7 +351,15 @@ impl Consumers {
                     ])
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit());
+                    .stderr(match std::env::var_os("BUS_SOAK_LOG_DIR") {
+                        Some(dir) => std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(std::path::Path::new(&dir).join(format!("{client_id}.log")))
+                            .map(Stdio::from)
+                            .unwrap_or_else(|_| Stdio::inherit()),
+                        None => Stdio::inherit(),
+                    });
                 for (key, _) in std::env::vars() {
                     if key.starts_with("BUS_") || key == "PUBSUB_EMULATOR_HOST" {
                         command.env_remove(key);
@@ -506,11 +518,14 @@ pub async fn soak(params: SoakParams) -> Result<SoakReport, String> {
 
     // Faults at random until the time is up.
     let mut faults = Faults::default();
+    let mut fault_log = Vec::new();
     let started = Instant::now();
     while started.elapsed() < params.duration {
         let jitter = rand::random_range(0.5..1.5);
         tokio::time::sleep(params.fault_every.mul_f64(jitter)).await;
-        match params.faults[rand::random_range(0..params.faults.len())] {
+        let fault = params.faults[rand::random_range(0..params.faults.len())];
+        fault_log.push((now_ms(), format!("{fault:?}")));
+        match fault {
             Fault::Restart => {
                 if let Target::Mqtt { broker, .. } = &*target {
                     let broker = broker.clone();
@@ -541,6 +556,9 @@ pub async fn soak(params: SoakParams) -> Result<SoakReport, String> {
             Fault::Kill | Fault::Stop if params.away => {}
             kind @ (Fault::Kill | Fault::Stop) => {
                 let index = rand::random_range(0..consumers.slots.len());
+                if let Some(entry) = fault_log.last_mut() {
+                    entry.1.push_str(&format!(" {}", consumers.slots[index].1));
+                }
                 let graceful = kind == Fault::Stop;
                 consumers.stop(index, graceful).await;
                 if graceful {
@@ -611,6 +629,12 @@ pub async fn soak(params: SoakParams) -> Result<SoakReport, String> {
                 subscription: name.clone(),
                 received: got.len(),
                 lost: published.iter().filter(|p| !got.contains_key(*p)).count(),
+                lost_sample: published
+                    .iter()
+                    .filter(|p| !got.contains_key(*p))
+                    .take(20)
+                    .cloned()
+                    .collect(),
                 duplicates: got.values().map(|(_, n)| n - 1).sum(),
                 worst_delay_ms: delays.last().copied().unwrap_or(0),
                 p99_delay_ms: p99,
@@ -626,6 +650,7 @@ pub async fn soak(params: SoakParams) -> Result<SoakReport, String> {
         faults,
         subscriptions,
         settle_secs,
+        fault_log,
     })
 }
 
@@ -694,6 +719,17 @@ pub fn table(report: &SoakReport) -> String {
             "{:<10} {:>9} {:>6} {:>11} {:>14} {:>14}\n",
             s.subscription, s.received, s.lost, s.duplicates, s.p99_delay_ms, s.worst_delay_ms
         ));
+    }
+    if report.lost() > 0 {
+        for s in report.subscriptions.iter().filter(|s| s.lost > 0) {
+            text.push_str(&format!(
+                "lost on {}: {:?}\n",
+                s.subscription, s.lost_sample
+            ));
+        }
+        for (at, fault) in &report.fault_log {
+            text.push_str(&format!("fault at {at}: {fault}\n"));
+        }
     }
     text
 }

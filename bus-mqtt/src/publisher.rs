@@ -382,6 +382,7 @@ impl PublisherCore {
                     Err(_) => complete = false,
                 }
             }
+            tracing::debug!(%topic, epoch, complete, missing = missing.len(), last_seq, "verified");
             if complete && missing.is_empty() {
                 let mut state = lock(&self.registry.state);
                 let verified = Verified {

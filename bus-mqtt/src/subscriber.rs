@@ -193,11 +193,16 @@ struct OwnHandler {
     incoming: mpsc::UnboundedSender<Received>,
     control: mpsc::UnboundedSender<Control>,
     first_subscribed: Mutex<Option<oneshot::Sender<Result<()>>>>,
+    /// The connection epoch whose subscriptions the broker accepted.
+    subscribed: Arc<AtomicU64>,
 }
 
 impl Handler for OwnHandler {
     fn on_subscribed(&self, epoch: u64, result: Result<()>) {
         let ok = result.is_ok();
+        if ok {
+            self.subscribed.store(epoch, Ordering::Release);
+        }
         match lock(&self.first_subscribed).take() {
             Some(tx) => {
                 let _ = tx.send(result);
@@ -324,6 +329,8 @@ pub(crate) struct Consumer {
     pub(crate) retry_topic: String,
     client_id: String,
     pub(crate) own: Connection,
+    /// The own connection's epoch whose subscriptions the broker accepted (see `is_member`).
+    own_subscribed: Arc<AtomicU64>,
     pub(crate) drains: Mutex<HashMap<u64, Arc<Drain>>>,
     next_source: AtomicU64,
     /// The latest state entry of each session of the subscription, by client id hash.
@@ -353,10 +360,12 @@ impl Consumer {
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed_rx) = oneshot::channel();
+        let own_subscribed = Arc::new(AtomicU64::new(0));
         let handler = Arc::new(OwnHandler {
             incoming: incoming_tx.clone(),
             control: control_tx,
             first_subscribed: Mutex::new(Some(subscribed_tx)),
+            subscribed: own_subscribed.clone(),
         });
         let session = Session {
             client_id: client_id.clone(),
@@ -397,6 +406,7 @@ impl Consumer {
             options,
             client_id,
             own,
+            own_subscribed,
             drains: Mutex::default(),
             next_source: AtomicU64::new(OWN + 1),
             states: Mutex::default(),
@@ -450,6 +460,7 @@ impl Consumer {
     /// consumer gets `mqtt.handover_delay_secs` to come back first.
     fn on_state(self: &Arc<Self>, hash: String, payload: Bytes, retained: bool) {
         let entry = reserved::parse_slot(&self.key, &hash, &payload);
+        tracing::debug!(consumer = %self.client_id, ?entry, retained, "session state");
         {
             let mut states = lock(&self.states);
             match &entry {
@@ -484,6 +495,17 @@ impl Consumer {
             entry.state,
             wait,
         ));
+    }
+
+    /// Whether this consumer's own session holds its shares on the broker as it runs now: its
+    /// connection is up and the broker accepted its subscriptions on this very connection. A
+    /// broker restart drops every connection, so a share accepted on the current connection
+    /// exists. Only a member may take another session's subscriptions away: otherwise the
+    /// subscription could be left with no member at all (right after a restart, say, while
+    /// this consumer has not subscribed again yet).
+    fn is_member(&self) -> bool {
+        let subscribed = self.own_subscribed.load(Ordering::Acquire);
+        subscribed != 0 && self.own.epoch() == Some(subscribed)
     }
 
     fn current_state(&self, client_id: &str) -> Option<SlotState> {
@@ -593,6 +615,13 @@ impl Consumer {
         let draining = SlotEntry::new(target, SlotState::Draining).payload();
         reserved::put_retained(connection, &self.key.slot_topic(target), draining, deadline)
             .await?;
+        if !self.is_member() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                BACKEND,
+                "this consumer's own subscription is not in place; the hand-over waits",
+            ));
+        }
         let filters = match drain.state_before {
             SlotState::Anchor => self.key.anchor_filters(QoS::AtLeastOnce),
             _ => self.key.consumer_filters(QoS::AtLeastOnce),
@@ -600,6 +629,7 @@ impl Consumer {
         for filter in filters {
             connection.unsubscribe(&filter.path, deadline).await?;
         }
+        tracing::debug!(consumer = %self.client_id, session = %target, "draining: unsubscribed");
         // Everything the session holds is queued before this marker.
         connection
             .publish(
@@ -629,6 +659,7 @@ impl Consumer {
                 _ = self.lifecycle.closed() => {}
             }
         }
+        tracing::debug!(consumer = %self.client_id, session = %target, "drained");
         // Nothing is left to hand over.
         let deadline =
             Instant::now() + Duration::from_millis(self.shared.config.connect_timeout_ms);
@@ -815,25 +846,48 @@ async fn control(consumer: Weak<Consumer>, mut events: mpsc::UnboundedReceiver<C
     }
 }
 
-/// Drains `target` if it still needs it after `wait` and a short random pause (so that the
-/// consumers that saw it go do not all start at once).
+/// Drains `target` while it still needs it: after `wait` and a short random pause (so that
+/// the consumers that saw it go do not all start at once), once this consumer is a member (see
+/// `Consumer::is_member`), and again with a growing pause when an attempt fails.
 async fn drain(consumer: Weak<Consumer>, target: String, state_before: SlotState, wait: Duration) {
-    let pause = wait + Duration::from_millis(rand::random_range(0..=250));
-    tokio::time::sleep(pause).await;
-    let Some(consumer) = consumer.upgrade() else {
-        return;
-    };
-    if consumer.lifecycle.is_closed() || consumer.current_state(&target) != Some(state_before) {
-        return;
-    }
-    if lock(&consumer.drains).values().any(|d| d.target == target) {
-        return;
-    }
-    match consumer.run_drain(&target, state_before).await {
-        Ok(()) => tracing::debug!(session = %target, "took over a departed session's messages"),
-        Err(e) => {
-            tracing::debug!(session = %target, error = %e, "draining a session did not finish; it stays for the next try")
+    let mut pause = wait + Duration::from_millis(rand::random_range(0..=250));
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(pause).await;
+        let mut waited = Duration::ZERO;
+        loop {
+            let Some(consumer) = consumer.upgrade() else {
+                return;
+            };
+            if consumer.lifecycle.is_closed() || waited > Duration::from_secs(60) {
+                return;
+            }
+            if consumer.is_member() {
+                break;
+            }
+            drop(consumer);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
         }
+        let Some(consumer) = consumer.upgrade() else {
+            return;
+        };
+        if consumer.current_state(&target) != Some(state_before)
+            || lock(&consumer.drains).values().any(|d| d.target == target)
+        {
+            return;
+        }
+        match consumer.run_drain(&target, state_before).await {
+            Ok(()) => {
+                tracing::debug!(session = %target, "took over a departed session's messages");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(session = %target, error = %e, ?backoff, "handing a session over did not finish; trying again");
+            }
+        }
+        pause = backoff + Duration::from_millis(rand::random_range(0..=250));
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bus_core::{
@@ -391,5 +392,90 @@ async fn an_acl_without_the_reserved_topics_is_a_clear_error() {
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
+    );
+}
+
+/// Mosquitto fires the wills of connected clients when it stops, so after a restart every
+/// consumer looks gone to the others. A consumer that is slow to come back must not take over
+/// (and unsubscribe) a peer that is already back while its own subscription is not in place:
+/// the subscription would be left without any member, and a publish matched by another
+/// subscription of the topic would succeed and be lost for this one. (Whether the slow
+/// consumer's hand-over reaches the restarted broker first depends on timing: ten restarts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_not_back_after_a_restart_takes_no_peer_over() {
+    let broker = Arc::new(Mosquitto::start());
+    let topic = fresh_topic("slow-return");
+    let options = SubscriptionOptions::new("workers").unwrap();
+    let slow = MqttBackend::connect(&MqttConfig {
+        reconnect_min_ms: 2_000,
+        reconnect_max_ms: 2_000,
+        ..config(&broker, "slow")
+    })
+    .await
+    .unwrap();
+    let quick = backend(&broker, "quick").await;
+    let slow_sub = slow
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .unwrap();
+    let quick_sub = quick
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .unwrap();
+    // Another subscription of the topic, always there: a publish is matched (PUBACK success)
+    // even when "workers" has no member.
+    let other = backend(&broker, "other").await;
+    let _other_sub = other
+        .subscriber()
+        .subscribe(&topic, SubscriptionOptions::new("others").unwrap())
+        .await
+        .unwrap();
+    let publisher = backend(&broker, "slow-return-publisher").await.publisher();
+    let mut sent = HashSet::new();
+    let mut seen = HashSet::new();
+    for round in 0..10 {
+        let restarting = broker.clone();
+        tokio::task::spawn_blocking(move || restarting.restart())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_millis(2_500);
+        let mut n = 0;
+        while Instant::now() < deadline {
+            let payload = format!("round {round} message {n}");
+            publisher
+                .publish(&topic, Message::new(payload.clone()))
+                .await
+                .unwrap();
+            sent.insert(payload);
+            n += 1;
+            for subscription in [&slow_sub, &quick_sub] {
+                if let Ok(Ok(delivery)) =
+                    tokio::time::timeout(Duration::from_millis(10), subscription.receive()).await
+                {
+                    seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
+                    let _ = delivery.ack().await;
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sent.iter().all(|p| seen.contains(p)) && Instant::now() < deadline {
+        for subscription in [&slow_sub, &quick_sub] {
+            if let Ok(Ok(delivery)) =
+                tokio::time::timeout(Duration::from_millis(100), subscription.receive()).await
+            {
+                seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
+                let _ = delivery.ack().await;
+            }
+        }
+    }
+    let missing: Vec<_> = sent.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} lost: {missing:?}",
+        missing.len(),
+        sent.len()
     );
 }
