@@ -20,6 +20,7 @@ pub mod backend;
 mod capabilities;
 #[cfg(feature = "cloudevents")]
 pub mod cloudevents;
+pub mod config;
 mod error;
 mod message;
 mod names;

@@ -25,18 +25,28 @@ impl Endpoint {
             .as_deref()
             .unwrap_or("https://pubsub.googleapis.com")
     }
+
+    /// What to check when it cannot be reached or authenticated.
+    pub fn hint(&self) -> &'static str {
+        if self.emulator {
+            "is the emulator running there (PUBSUB_EMULATOR_HOST or gcp.endpoint = \"http://HOST:PORT\")?"
+        } else {
+            "check network access to Pub/Sub and the credentials: Application Default Credentials (`gcloud auth application-default login`, GOOGLE_APPLICATION_CREDENTIALS, or the attached service account); for Google's emulator set PUBSUB_EMULATOR_HOST or gcp.endpoint = \"http://HOST:PORT\""
+        }
+    }
 }
 
 /// Configuration of the Pub/Sub backend (`[gcp]` in `bus.toml`, `BUS_GCP__*` variables).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcpConfig {
-    /// The Google Cloud project id (required).
+    /// The Google Cloud project id (required); a project number works too.
+    #[serde(deserialize_with = "bus_core::config::string")]
     pub project: String,
     /// The Pub/Sub endpoint. Unset: `PUBSUB_EMULATOR_HOST` if set (plain text, anonymous
     /// credentials), else Google's endpoint with Application Default Credentials. An
     /// `http://HOST:PORT` endpoint is an emulator; `https://...` is real Pub/Sub.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bus_core::config::option_string")]
     pub endpoint: Option<String>,
     /// Create missing topics and subscriptions (with the subscription options). Unset: on with
     /// an emulator, off against real Pub/Sub, where a missing one is a `NotFound` error.
@@ -119,6 +129,7 @@ impl GcpConfig {
         } else {
             format!("http://{raw}")
         };
+        let shown = bus_core::printable(&bus_core::config::redact_url(&endpoint));
         let emulator = if endpoint.starts_with("http://") {
             true
         } else if endpoint.starts_with("https://") {
@@ -126,7 +137,7 @@ impl GcpConfig {
         } else {
             return Err(Error::config(
                 BACKEND,
-                format!("{source} = {endpoint:?} has an unknown scheme; use http://HOST:PORT (emulator) or https://HOST (Pub/Sub)"),
+                format!("{source} = \"{shown}\" has an unknown scheme; use http://HOST:PORT (emulator) or https://HOST (Pub/Sub)"),
             ));
         };
         let authority = endpoint
@@ -136,7 +147,7 @@ impl GcpConfig {
         if authority.trim_end_matches('/').is_empty() {
             return Err(Error::config(
                 BACKEND,
-                format!("{source} = {endpoint:?} has no host; use http://HOST:PORT"),
+                format!("{source} = \"{shown}\" has no host; use http://HOST:PORT"),
             ));
         }
         Ok(Endpoint {

@@ -84,8 +84,9 @@ impl GcpBackend {
                 ErrorKind::Config,
                 BACKEND,
                 format!(
-                    "cannot create the Pub/Sub {client} client for {}: {e}",
-                    endpoint.url()
+                    "cannot create the Pub/Sub {client} client for {}: {e}; {}",
+                    endpoint.url(),
+                    endpoint.hint()
                 ),
             )
         };
@@ -164,8 +165,9 @@ impl GcpBackend {
                 ErrorKind::Unavailable,
                 BACKEND,
                 format!(
-                    "no Pub/Sub answered at {} within {timeout:?}{detail}; is the emulator running (PUBSUB_EMULATOR_HOST) or gcp.endpoint right?",
-                    self.inner.endpoint.url()
+                    "no Pub/Sub answered at {} within {timeout:?}{detail}; {}",
+                    self.inner.endpoint.url(),
+                    self.inner.endpoint.hint()
                 ),
             )
         };
@@ -175,10 +177,14 @@ impl GcpBackend {
             Ok(Err(e)) if is_code(&e, Code::NotFound) => Ok(()),
             Ok(Err(e)) => {
                 let mapped = map_error(&e, "checking the connection");
-                if mapped.kind() == ErrorKind::Unavailable {
-                    Err(unreachable(format!(" ({})", mapped.message())))
-                } else {
-                    Err(mapped)
+                match mapped.kind() {
+                    ErrorKind::Unavailable => Err(unreachable(format!(" ({})", mapped.message()))),
+                    ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => Err(Error::new(
+                        mapped.kind(),
+                        BACKEND,
+                        format!("{}; {}", mapped.message(), self.inner.endpoint.hint()),
+                    )),
+                    _ => Err(mapped),
                 }
             }
         }
@@ -195,8 +201,9 @@ impl GcpBackend {
                     ErrorKind::Config,
                     BACKEND,
                     format!(
-                        "cannot create the Pub/Sub subscriber client for {}: {e}",
-                        self.inner.endpoint.url()
+                        "cannot create the Pub/Sub subscriber client for {}: {e}; {}",
+                        self.inner.endpoint.url(),
+                        self.inner.endpoint.hint()
                     ),
                 )
             })

@@ -13,6 +13,7 @@ pub struct MemoryConfig {
     /// Brokers are shared by name within a process (see
     /// [`MemoryBackend::connect`](crate::MemoryBackend::connect)), so services that run in one
     /// process talk to each other. Default `default`.
+    #[serde(deserialize_with = "bus_core::config::string")]
     pub name: String,
     /// Most bytes of unacked messages one subscription holds before publishers wait.
     /// Default 64 MiB.

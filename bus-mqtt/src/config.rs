@@ -4,44 +4,25 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bus_core::config::{redact_url, Secret};
 use bus_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
-
-/// A secret string: serialisable, but never shown by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself; keep it out of logs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// Configuration of the MQTT backend (`[mqtt]` in `bus.toml`, `BUS_MQTT__*` variables).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (TLS). Default `mqtt://127.0.0.1:1883`.
+    /// Credentials go in `username` and `password`, never in the URL.
+    #[serde(deserialize_with = "bus_core::config::string")]
     pub url: String,
     /// Prefix of the client ids this process uses. Consumers get stable ids derived from it,
     /// the subscription and the topic, so a restarted consumer resumes its session. It must be
     /// unique per running instance (e.g. `llm-dispatch-1`, `llm-dispatch-2`): two processes with
     /// the same prefix would take over each other's sessions. Default `bus`.
+    #[serde(deserialize_with = "bus_core::config::string")]
     pub client_id: String,
     /// Quality of service of publishes and subscriptions: 0, 1 or 2. Default 1. QoS 0 gives up
     /// at-least-once delivery.
@@ -59,7 +40,7 @@ pub struct MqttConfig {
     /// nothing published in the meantime is discarded. Subscriptions without a live consumer are
     /// anchored at once. Default 3,000 ms.
     pub restore_grace_ms: u64,
-    /// MQTT keep-alive. Default 30 s.
+    /// MQTT keep-alive, 5 to 65,535 s (MQTT's limit). Default 30 s.
     pub keep_alive_secs: u64,
     /// Largest MQTT packet sent or accepted. Default 16 MiB (rumqttc's own default is 10 KiB).
     pub max_packet_size: u32,
@@ -76,14 +57,18 @@ pub struct MqttConfig {
     /// Longest delay between reconnect attempts. Default 10,000 ms.
     pub reconnect_max_ms: u64,
     /// User name, if the broker wants one.
+    #[serde(deserialize_with = "bus_core::config::option_string")]
     pub username: Option<String>,
     /// Password; never logged or shown by `Debug`.
     pub password: Option<Secret>,
     /// CA certificate (PEM) to verify an `mqtts://` broker. Default: the system's roots.
+    #[serde(deserialize_with = "bus_core::config::option_path")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; needs `client_key_file`.
+    #[serde(deserialize_with = "bus_core::config::option_path")]
     pub client_cert_file: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS.
+    #[serde(deserialize_with = "bus_core::config::option_path")]
     pub client_key_file: Option<PathBuf>,
 }
 
@@ -115,7 +100,7 @@ impl Default for MqttConfig {
 impl fmt::Debug for MqttConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MqttConfig")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("client_id", &self.client_id)
             .field("qos", &self.qos)
             .field("session_expiry_secs", &self.session_expiry_secs)
@@ -174,6 +159,15 @@ impl MqttConfig {
                 ),
             ));
         }
+        if !(5..=65_535).contains(&self.keep_alive_secs) {
+            return Err(Error::config(
+                BACKEND,
+                format!(
+                    "mqtt.keep_alive_secs = {} is out of range; MQTT allows 5 to 65535 seconds (default 30)",
+                    self.keep_alive_secs
+                ),
+            ));
+        }
         if self.receive_maximum == 0 {
             return Err(Error::config(
                 BACKEND,
@@ -190,13 +184,11 @@ impl MqttConfig {
     }
 
     fn endpoint(&self) -> Result<Endpoint> {
+        let shown = bus_core::printable(&redact_url(&self.url));
         let bad = |why: &str| {
             Error::config(
                 BACKEND,
-                format!(
-                    "mqtt.url = {:?} {why}; use mqtt://HOST:PORT or mqtts://HOST:PORT",
-                    self.url
-                ),
+                format!("mqtt.url = \"{shown}\" {why}; use mqtt://HOST:PORT or mqtts://HOST:PORT"),
             )
         };
         let (scheme, rest) = self
@@ -208,7 +200,19 @@ impl MqttConfig {
             "mqtts" | "ssl" => true,
             _ => return Err(bad("has an unknown scheme")),
         };
-        let rest = rest.trim_end_matches('/');
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.contains('@') {
+            return Err(Error::config(
+                BACKEND,
+                format!(
+                    "mqtt.url = \"{shown}\" has a user name or password in it; take them out of the URL and set mqtt.username and mqtt.password (BUS_MQTT__USERNAME, BUS_MQTT__PASSWORD)"
+                ),
+            ));
+        }
+        if !path.trim_matches('/').is_empty() {
+            return Err(bad("has a path; an MQTT broker has none"));
+        }
+        let rest = authority;
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (
                 host,

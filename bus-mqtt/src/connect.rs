@@ -262,7 +262,7 @@ impl Connection {
                     BACKEND,
                     format!(
                         "could not connect to the MQTT broker at {} within {connect_timeout:?}{last}; is it running, and are mqtt.url and the TLS settings right?",
-                        config.url
+                        bus_core::config::redact_url(&config.url)
                     ),
                 ))
             }

@@ -116,7 +116,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bus_core::{Backend, Capabilities, Publisher, Result, Subscriber};
 
-pub use config::{MqttConfig, Secret};
+pub use bus_core::config::Secret;
+pub use config::MqttConfig;
 pub use publisher::MqttPublisher;
 pub use subscriber::{MqttSubscriber, MqttSubscription};
 

@@ -55,8 +55,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 pub use bus_core::*;
@@ -104,7 +105,7 @@ impl BackendKind {
 }
 
 /// The whole bus configuration: which backend, and each backend's own section.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The transport: `memory` (default), `mqtt` or `gcp`.
@@ -126,6 +127,120 @@ pub struct Config {
     /// Where the configuration came from, for error messages and backend sections.
     #[serde(skip)]
     origin: Origin,
+}
+
+impl std::fmt::Debug for Config {
+    // The backend sections are raw key/value tables: their secrets (and URL credentials) are
+    // hidden here, as the backends' own config types hide them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("backend", &self.backend)
+            .field("memory", &self.memory)
+            .field("mqtt", &self.mqtt.as_ref().map(redacted))
+            .field("gcp", &self.gcp.as_ref().map(redacted))
+            .field("cloudevents", &self.cloudevents)
+            .field("app", &self.app.as_ref().map(redacted))
+            .finish()
+    }
+}
+
+/// A config table for `Debug`: secret values and URL credentials replaced.
+fn redacted(dict: &Dict) -> std::collections::BTreeMap<String, String> {
+    dict.iter()
+        .map(|(key, value)| {
+            let shown = if config::is_secret_key(key) {
+                "***".to_string()
+            } else {
+                match value {
+                    Value::String(_, text) => format!("{:?}", config::redact_url(text)),
+                    Value::Dict(_, inner) => format!("{:?}", redacted(inner)),
+                    other => format!("{other:?}"),
+                }
+            };
+            (key.clone(), shown)
+        })
+        .collect()
+}
+
+/// `BUS_*` environment variables as a figment provider: `__` separates levels, and every value
+/// stays the text it is (`BUS_MQTT__PASSWORD=123456789` is a password, not a number; numeric
+/// settings are parsed from text when extracted). `BUS_CONFIG`, `BUS_LOG` and `BUS_TEST_*` are
+/// not config keys.
+struct BusEnv;
+
+impl Provider for BusEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`BUS_` environment variables")
+    }
+
+    fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (key, value) in std::env::vars_os() {
+            let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+                continue;
+            };
+            let Some(rest) = key.strip_prefix("BUS_") else {
+                continue;
+            };
+            let lower = rest.to_ascii_lowercase();
+            if lower == "config" || lower == "log" || lower.starts_with("test_") || lower.is_empty()
+            {
+                continue;
+            }
+            let path: Vec<&str> = lower.split("__").collect();
+            insert(&mut root, &path, Value::from(value.to_string()));
+        }
+        Ok(Profile::Default.collect(root))
+    }
+}
+
+fn insert(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// An unknown key is an error in every backend section that is there, not only in the one the
+/// chosen backend reads (where this build knows the backend).
+fn check_backend_sections(figment: &Figment) -> Result<()> {
+    fn unknown_keys<T: serde::de::DeserializeOwned>(figment: &Figment, key: &str) -> Result<()> {
+        if !figment.contains(key) {
+            return Ok(());
+        }
+        match figment.focus(key).extract_lossy::<T>() {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let unknown: Vec<figment::Error> = error
+                    .into_iter()
+                    .filter(|e| matches!(e.kind, figment::error::Kind::UnknownField(..)))
+                    .collect();
+                match unknown.into_iter().reduce(|a, b| a.chain(b)) {
+                    Some(error) => Err(describe_figment_error(error, Some(key))),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+    #[cfg(feature = "mqtt")]
+    unknown_keys::<mqtt::MqttConfig>(figment, "mqtt")?;
+    #[cfg(feature = "gcp")]
+    unknown_keys::<gcp::GcpConfig>(figment, "gcp")?;
+    let _ = figment;
+    Ok(())
 }
 
 /// `[cloudevents]`: the encoding of published events (consumers accept both modes).
@@ -213,18 +328,16 @@ impl Config {
     /// The figment the loaders use: the TOML file (optional) merged with `BUS_*` variables.
     /// Add providers to it and pass it to [`Config::from_figment`] to customise loading.
     pub fn figment(path: &Path) -> Figment {
-        Figment::new()
-            .merge(Toml::file(path))
-            .merge(Env::prefixed("BUS_").split("__").filter(|key| {
-                let key = key.as_str().to_ascii_lowercase();
-                key != "config" && !key.starts_with("test_")
-            }))
+        Figment::new().merge(Toml::file(path)).merge(BusEnv)
     }
 
     /// Extracts a config from any figment, turning its errors into [`ErrorKind::Config`]
     /// errors that name the key, its source and the fix.
     pub fn from_figment(figment: Figment) -> Result<Config> {
-        let mut config: Config = figment.extract().map_err(describe_figment_error)?;
+        let mut config: Config = figment
+            .extract_lossy()
+            .map_err(|e| describe_figment_error(e, None))?;
+        check_backend_sections(&figment)?;
         config.origin.backend = figment
             .find_metadata("backend")
             .map(|metadata| source_of(metadata, &["backend".to_string()]));
@@ -243,8 +356,8 @@ impl Config {
         };
         figment
             .focus(key)
-            .extract::<T>()
-            .map_err(|e| describe_figment_error(e.with_path(key)))
+            .extract_lossy::<T>()
+            .map_err(|e| describe_figment_error(e, Some(key)))
     }
 
     /// Where `backend` was set, e.g. ``environment variable `BUS_BACKEND` ``; "the default"
@@ -339,19 +452,46 @@ fn source_of(metadata: &figment::Metadata, path: &[String]) -> String {
     }
 }
 
-fn describe_figment_error(error: figment::Error) -> Error {
+/// What a value from the config looks like in a message: its kind, and for anything but a
+/// secret its (printable) text.
+fn shown_value(actual: &figment::error::Actual, key: &str) -> String {
+    use figment::error::Actual;
+    let kind = match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a number",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Map => "a table",
+        Actual::Seq => "a list",
+        _ => "a value",
+    };
+    if config::is_secret_key(key) {
+        return format!("{kind} (not shown: a secret)");
+    }
+    match actual {
+        Actual::Str(text) => format!("string \"{}\"", printable(text)),
+        Actual::Map | Actual::Seq | Actual::Unit | Actual::Option => kind.to_string(),
+        other => format!("{kind} `{}`", printable(&other.to_string())),
+    }
+}
+
+fn describe_figment_error(error: figment::Error, section: Option<&str>) -> Error {
     use figment::error::Kind;
     let mut text = String::new();
     for (i, e) in error.into_iter().enumerate() {
         if i > 0 {
             text.push_str("; ");
         }
-        let key = e.path.join(".");
+        // A section's errors have paths relative to it.
+        let mut path: Vec<String> = section.map(|s| s.to_string()).into_iter().collect();
+        path.extend(e.path.iter().cloned());
+        let key = path.join(".");
         let source = e
             .metadata
             .as_ref()
-            .map(|m| source_of(m, &e.path))
+            .map(|m| source_of(m, &path))
             .unwrap_or_else(|| "the defaults".into());
+        let last = path.last().map(String::as_str).unwrap_or("");
         let _ = match &e.kind {
             // The path already ends with the unknown field.
             Kind::UnknownField(_, expected) => write!(
@@ -361,7 +501,8 @@ fn describe_figment_error(error: figment::Error) -> Error {
             ),
             Kind::UnknownVariant(found, expected) => write!(
                 text,
-                "config key `{key}` = {found:?} (from {source}) is not one of: {}; set it to one of those",
+                "config key `{key}` = \"{}\" (from {source}) is not one of: {}; set it to one of those",
+                printable(found),
                 expected.join(", ")
             ),
             Kind::MissingField(field) => {
@@ -378,9 +519,19 @@ fn describe_figment_error(error: figment::Error) -> Error {
             }
             Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => write!(
                 text,
-                "config key `{key}` (from {source}) has the wrong type: found {actual}, expected {expected}; fix the value"
+                "config key `{key}` (from {source}) has the wrong type: found {}, expected {expected}; set it to {expected}",
+                shown_value(actual, last)
             ),
-            other => write!(text, "config key `{key}` (from {source}): {other}"),
+            Kind::Message(message) if config::is_secret_key(last) => write!(
+                text,
+                "config key `{key}` (from {source}): {}",
+                printable(message)
+            ),
+            other => write!(
+                text,
+                "config key `{key}` (from {source}): {}",
+                printable(&other.to_string())
+            ),
         };
     }
     // The figment error is not attached as the source: its text would repeat all of the above.

@@ -298,3 +298,177 @@ fn the_app_section_is_the_applications_own() {
         Ok(())
     });
 }
+
+/// Loads the config in a jail with `vars` set and the MQTT section extracted (with the `mqtt`
+/// feature), or the error's text.
+#[cfg(feature = "mqtt")]
+fn mqtt_section(
+    file: Option<&str>,
+    vars: &[(&str, &str)],
+) -> std::result::Result<(Config, bus::mqtt::MqttConfig), String> {
+    let mut outcome = Err(String::new());
+    Jail::expect_with(|jail| {
+        if let Some(file) = file {
+            jail.create_file("bus.toml", file)?;
+        }
+        for (key, value) in vars {
+            jail.set_env(key, value);
+        }
+        outcome = Config::load()
+            .and_then(|config| {
+                let mqtt = config.section::<bus::mqtt::MqttConfig>("mqtt")?;
+                Ok((config, mqtt))
+            })
+            .map_err(|e| e.to_string());
+        Ok(())
+    });
+    outcome
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn any_text_is_a_password_and_never_shows() {
+    for secret in ["123456789", "true", "3.14159", "0042", "s3cr3t-w0rd"] {
+        let (config, mqtt) = mqtt_section(
+            None,
+            &[("BUS_BACKEND", "mqtt"), ("BUS_MQTT__PASSWORD", secret)],
+        )
+        .unwrap_or_else(|e| panic!("{secret}: {e}"));
+        assert_eq!(mqtt.password.as_ref().map(|p| p.expose()), Some(secret));
+        let shown = format!("{config:?} {mqtt:?}");
+        assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+    }
+    let (config, mqtt) = mqtt_section(Some("backend = \"mqtt\"\n[mqtt]\npassword = 987654"), &[])
+        .expect("a number in bus.toml is taken as the password's text");
+    assert_eq!(mqtt.password.as_ref().map(|p| p.expose()), Some("987654"));
+    assert!(!format!("{config:?}").contains("987654"));
+    // A value of the wrong kind for a secret: the error names the key, not the value.
+    let err = mqtt_section(Some("[mqtt]\npassword = [987654, 1]"), &[]).unwrap_err();
+    assert!(err.contains("mqtt.password"), "{err}");
+    assert!(!err.contains("987654"), "leaked: {err}");
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn string_settings_keep_their_text_from_the_environment() {
+    let (_, mqtt) = mqtt_section(
+        None,
+        &[
+            ("BUS_MQTT__CLIENT_ID", "0042"),
+            ("BUS_MQTT__USERNAME", "1e5"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(mqtt.client_id, "0042", "leading zeros kept");
+    assert_eq!(mqtt.username.as_deref(), Some("1e5"), "not a float");
+    #[cfg(feature = "gcp")]
+    Jail::expect_with(|jail| {
+        jail.set_env("BUS_GCP__PROJECT", "123456789012");
+        let gcp: bus::gcp::GcpConfig = Config::load().unwrap().section("gcp").unwrap();
+        assert_eq!(gcp.project, "123456789012", "a project number");
+        Ok(())
+    });
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn credentials_in_the_url_are_refused_without_being_echoed() {
+    let (_, mqtt) = mqtt_section(
+        None,
+        &[
+            ("BUS_BACKEND", "mqtt"),
+            ("BUS_MQTT__URL", "mqtt://svc:hunter2@127.0.0.1:1883"),
+        ],
+    )
+    .unwrap();
+    assert!(!format!("{mqtt:?}").contains("hunter2"));
+    let err = mqtt.validate().expect_err("userinfo in the URL");
+    let text = err.to_string();
+    assert!(text.contains("mqtt.username and mqtt.password"), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("svc:"),
+        "leaked: {text}"
+    );
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn protocol_limits_and_url_paths_are_checked() {
+    // Before, these wrapped around MQTT's 16 bits (to 4464 s and 5 s) without a word.
+    for keep_alive in ["70000", "65541"] {
+        let (_, mqtt) = mqtt_section(None, &[("BUS_MQTT__KEEP_ALIVE_SECS", keep_alive)]).unwrap();
+        let err = mqtt.validate().expect_err("above MQTT's 65535").to_string();
+        assert!(
+            err.contains(&format!("mqtt.keep_alive_secs = {keep_alive}")),
+            "{err}"
+        );
+        assert!(err.contains("5 to 65535"), "{err}");
+    }
+    let (_, mqtt) = mqtt_section(None, &[("BUS_MQTT__URL", "mqtt://host:1883/path")]).unwrap();
+    let err = mqtt.validate().expect_err("a path").to_string();
+    assert!(err.contains("has a path"), "not an 'invalid port': {err}");
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn section_errors_name_the_key_and_variable_the_right_way_round() {
+    let err = mqtt_section(None, &[("BUS_BACKEND", "mqtt"), ("BUS_MQTT__URLL", "x")]).unwrap_err();
+    assert!(err.contains("`mqtt.urll`"), "{err}");
+    assert!(err.contains("BUS_MQTT__URLL"), "{err}");
+    assert!(
+        !err.contains("urll.mqtt") && !err.contains("BUS_URLL__MQTT"),
+        "{err}"
+    );
+    let err = mqtt_section(None, &[("BUS_MQTT__QOS", "high")]).unwrap_err();
+    assert!(
+        err.contains("`mqtt.qos`") && err.contains("BUS_MQTT__QOS"),
+        "{err}"
+    );
+    assert!(!err.contains("fix the value"), "{err}");
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn unknown_keys_are_errors_in_every_section() {
+    let message = config_error(|jail| {
+        jail.create_file(
+            "bus.toml",
+            "backend = \"memory\"\n[mqtt]\nurll = \"mqtt://x\"",
+        )?;
+        Ok(())
+    });
+    assert!(
+        message.contains("unknown config key `mqtt.urll`"),
+        "{message}"
+    );
+    assert!(message.contains("url"), "lists the valid keys: {message}");
+}
+
+#[cfg(feature = "gcp")]
+#[test]
+fn gcp_endpoint_errors_name_the_key_and_real_pubsub_points_at_credentials() {
+    let config = bus::gcp::GcpConfig {
+        endpoint: Some("ftp://127.0.0.1:8085".into()),
+        ..bus::gcp::GcpConfig::new("autopatch")
+    };
+    let err = config.validate().expect_err("unknown scheme").to_string();
+    assert!(err.contains("gcp.endpoint"), "{err}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = bus::gcp::GcpConfig {
+        endpoint: Some(format!(
+            "https://127.0.0.1:{}",
+            bus_testkit::process::free_port()
+        )),
+        connect_timeout_ms: 1_000,
+        ..bus::gcp::GcpConfig::new("autopatch")
+    };
+    let err = runtime
+        .block_on(bus::gcp::GcpBackend::connect(&config))
+        .expect_err("nothing there")
+        .to_string();
+    assert!(err.contains("Application Default Credentials"), "{err}");
+    assert!(!err.contains("is the emulator running"), "{err}");
+}
