@@ -129,6 +129,22 @@ fn calls(line: &str, call: &str) -> bool {
     })
 }
 
+/// The scan result for a file with no finding: severity 0, no line, no function.
+pub fn clean_scan(file: &SourceFile) -> ScanResult {
+    ScanResult {
+        executable_name: file.name.clone(),
+        vulnerability_severity: 0.0,
+        vulnerable_line_number: 0,
+        vulnerable_function: String::new(),
+        vulnerability_description: "no finding".into(),
+    }
+}
+
+/// Whether a scan result reports a finding (see [`clean_scan`]).
+pub fn has_finding(scan: &ScanResult) -> bool {
+    scan.vulnerable_line_number > 0
+}
+
 /// The most severe unsafe call in `file`, as a scan result (a pattern scan, not a real
 /// code property graph).
 pub fn scan(file: &SourceFile) -> Option<ScanResult> {
@@ -257,6 +273,10 @@ fn bounded(line: &str) -> Option<String> {
 /// not replay the crash).
 pub fn evaluate(status: PatchStatus, patched_source: Option<&str>) -> (Verdict, String) {
     match (status, patched_source) {
+        (PatchStatus::NotNeeded, _) => (
+            Verdict::NoFinding,
+            "the scan found no unsafe call, so nothing was patched".into(),
+        ),
         (PatchStatus::Fail, _) => (Verdict::PatchFailed, "the LLM returned no patch".into()),
         (PatchStatus::Success, None) => (
             Verdict::PatchFailed,

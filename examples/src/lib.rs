@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod pipeline;
 pub mod runtime;
 pub mod schema;
+pub mod store;
 
 /// The seed's demo topic.
 pub const DEMO_TOPIC: &str = "python/mqtt";

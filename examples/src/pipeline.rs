@@ -1,8 +1,13 @@
 //! The four autopatch services. Each is a function (or a subscribe-then-run pair) over a
 //! publisher and a subscriber, so the binaries run one each and `autopatch-demo` runs all four
 //! in one process.
+//!
+//! Every program the fuzzer reports ends in exactly one evaluation: the code-property-graph
+//! stand-in publishes a scan result for every file (a clean one says so), llm-dispatch answers
+//! a clean scan with `not_needed`, and patch-evaluation gives a crash or patch that never meets
+//! its partner an `unmatched` verdict after `app.orphan_timeout_secs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +16,14 @@ use base64::Engine as _;
 use bus::cloudevents::{
     AttributesReader, EventFormat, EventSubscription, PublishEvent, TypedEvent,
 };
-use bus::{ErrorKind, Publisher, Result, Subscriber, SubscriptionOptions};
+use bus::{printable, ErrorKind, Publisher, Result, Subscriber, SubscriptionOptions};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{evaluate, scan, Llm, SourceFile};
+use crate::analysis::{clean_scan, evaluate, has_finding, scan, Llm, SourceFile};
 use crate::schema::*;
-
-/// How long a held message may wait for its partner before the broker would redeliver it:
-/// patch-evaluation keeps a crash unacked until the patch arrives, so a crash of the process
-/// loses nothing.
-const JOIN_ACK_DEADLINE: Duration = Duration::from_secs(600);
+use crate::store::{Half, Held, JoinStore};
 
 /// The synthetic crashing input: more than any of the samples' buffers hold.
 fn crash_input(file: &SourceFile) -> Vec<u8> {
@@ -48,45 +49,50 @@ pub async fn fuzzing_service(
         };
         let event = event(FUZZING_SOURCE, CRASH_DETAIL_TYPE, name, &crash)?;
         publisher.publish_event(&topic, &event, format).await?;
-        println!("fuzzing-service: crash in {name} -> {topic}");
+        println!("fuzzing-service: crash in {} -> {topic}", printable(name));
     }
     Ok(sources.len())
 }
 
-/// cpg-generator: publishes a scan result for each source file with a finding; returns how
-/// many it published.
+/// cpg-generator: publishes a scan result for each source file (one without a finding says
+/// so: severity 0, no line) and returns how many it published.
 pub async fn cpg_generator(
     publisher: &dyn Publisher,
     format: &EventFormat,
     sources: &[SourceFile],
 ) -> Result<usize> {
     let topic = topic(SCAN_RESULT_TOPIC);
-    let mut published = 0;
     for file in sources {
-        let Some(result) = scan(file) else {
-            println!("cpg-generator: nothing found in {}", file.name);
-            continue;
-        };
+        let result = scan(file).unwrap_or_else(|| clean_scan(file));
         let event = event(CPG_SOURCE, SCAN_RESULT_TYPE, &file.name, &result)?;
         publisher.publish_event(&topic, &event, format).await?;
-        println!(
-            "cpg-generator: {} line {} in {}() severity {} -> {topic}",
-            file.name,
-            result.vulnerable_line_number,
-            result.vulnerable_function,
-            result.vulnerability_severity
-        );
-        published += 1;
+        if has_finding(&result) {
+            println!(
+                "cpg-generator: {} line {} in {}() severity {} -> {topic}",
+                printable(&file.name),
+                result.vulnerable_line_number,
+                result.vulnerable_function,
+                result.vulnerability_severity
+            );
+        } else {
+            println!(
+                "cpg-generator: nothing found in {} -> {topic}",
+                printable(&file.name)
+            );
+        }
     }
-    Ok(published)
+    Ok(sources.len())
 }
 
-/// Receives from `subscription` into a channel until it closes, so one loop can wait on
-/// several subscriptions and on shutdown without dropping a receive half-way.
+/// Receives from `subscription` into a channel until `stop`, so one loop can wait on several
+/// subscriptions. A delivery in hand when it stops is nacked (it comes back at once to another
+/// consumer, or to the next start), so stopping never waits on a full channel.
 fn forward<T, M>(
     subscription: Arc<EventSubscription<T>>,
     wrap: fn(TypedEvent<T>) -> M,
     tx: mpsc::Sender<Result<M>>,
+    stop: CancellationToken,
+    settle: fn(M) -> Option<bus::Delivery>,
 ) -> tokio::task::JoinHandle<()>
 where
     T: DeserializeOwned + Send + 'static,
@@ -94,26 +100,44 @@ where
 {
     tokio::spawn(async move {
         loop {
-            let item = match subscription.receive().await {
+            let received = tokio::select! {
+                _ = stop.cancelled() => break,
+                received = subscription.receive() => received,
+            };
+            let item = match received {
                 Ok(event) => Ok(wrap(event)),
                 Err(e) if e.kind() == ErrorKind::Closed => break,
                 Err(mut e) if e.kind() == ErrorKind::Decode => {
                     // Not an event of this topic's schema: it would come back forever.
-                    eprintln!("skipping a message that is not the expected event: {e}");
+                    tracing::warn!(error = %e, "skipping a message that is not the expected event");
                     if let Some(delivery) = e.take_delivery() {
                         let _ = delivery.ack().await;
                     }
                     continue;
                 }
                 Err(e) if e.is_retryable() => {
-                    eprintln!("receive failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+                    tracing::warn!(error = %e, "receive failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
                 }
                 Err(e) => Err(e),
             };
-            if tx.send(item).await.is_err() {
-                break;
+            let permit = tokio::select! {
+                _ = stop.cancelled() => None,
+                permit = tx.reserve() => permit.ok(),
+            };
+            match permit {
+                Some(permit) => permit.send(item),
+                None => {
+                    if let Ok(item) = item {
+                        if let Some(delivery) = settle(item) {
+                            let _ = delivery.nack().await;
+                        }
+                    }
+                    break;
+                }
             }
         }
     })
@@ -137,8 +161,9 @@ impl LlmDispatch {
         })
     }
 
-    /// Answers each scan result with a patch from `llm` until `shutdown`; the message being
-    /// handled is finished (published and acked) first. Returns how many it answered.
+    /// Answers each scan result with a patch from `llm` (or `not_needed` for a clean file)
+    /// until `shutdown`; the message being handled is finished (published and acked) first.
+    /// Returns how many it answered.
     pub async fn run(
         self,
         publisher: &dyn Publisher,
@@ -148,7 +173,14 @@ impl LlmDispatch {
         shutdown: CancellationToken,
     ) -> Result<usize> {
         let (tx, mut rx) = mpsc::channel(1);
-        let pump = forward(self.scans.clone(), |event| event, tx);
+        let stop = CancellationToken::new();
+        let pump = forward(
+            self.scans.clone(),
+            |event| event,
+            tx,
+            stop.clone(),
+            |event| Some(event.delivery),
+        );
         let topic = topic(PATCH_RESPONSE_TOPIC);
         let mut answered = 0;
         let result = loop {
@@ -161,34 +193,37 @@ impl LlmDispatch {
                 },
             };
             let name = scan.data.executable_name.clone();
-            let response = match sources.iter().find(|f| f.name == name) {
+            let (status, patched) = match sources.iter().find(|f| f.name == name) {
+                Some(_) if !has_finding(&scan.data) => (PatchStatus::NotNeeded, String::new()),
                 Some(file) => {
                     let outcome = llm.patch(file, &scan.data);
-                    PatchResponse {
-                        executable_name: name.clone(),
-                        patch_snippet_base64: BASE64.encode(outcome.patched_source),
-                        status: outcome.status,
-                        transformer_metadata: llm.metadata(),
-                    }
+                    (outcome.status, outcome.patched_source)
                 }
-                None => PatchResponse {
-                    executable_name: name.clone(),
-                    patch_snippet_base64: String::new(),
-                    status: PatchStatus::Fail,
-                    transformer_metadata: llm.metadata(),
-                },
+                None => (PatchStatus::Fail, String::new()),
+            };
+            let response = PatchResponse {
+                executable_name: name.clone(),
+                patch_snippet_base64: BASE64.encode(patched),
+                status,
+                transformer_metadata: llm.metadata(),
             };
             let event = event(LLM_DISPATCH_SOURCE, PATCH_RESPONSE_TYPE, &name, &response)?;
             publisher.publish_event(&topic, &event, format).await?;
             scan.ack().await?;
             answered += 1;
             println!(
-                "llm-dispatch: patch for {name} ({:?}) -> {topic}",
+                "llm-dispatch: patch for {} ({:?}) -> {topic}",
+                printable(&name),
                 response.status
             );
         };
-        self.scans.close().await?;
+        stop.cancel();
         let _ = pump.await;
+        // Anything still in the channel goes back for the next consumer.
+        while let Ok(Ok(scan)) = rx.try_recv() {
+            let _ = scan.nack().await;
+        }
+        self.scans.close().await?;
         result
     }
 }
@@ -199,11 +234,23 @@ enum Incoming {
     Patch(TypedEvent<PatchResponse>),
 }
 
-/// A program's crash and patch, while one of them is still missing.
-#[derive(Default)]
-struct Join {
-    crash: Option<TypedEvent<CrashDetail>>,
-    patch: Option<TypedEvent<PatchResponse>>,
+impl Incoming {
+    fn delivery(self) -> Option<bus::Delivery> {
+        Some(match self {
+            Incoming::Crash(crash) => crash.delivery,
+            Incoming::Patch(patch) => patch.delivery,
+        })
+    }
+}
+
+/// How patch-evaluation runs.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinSettings {
+    /// Stop after this many programs are evaluated (counting those evaluated before a
+    /// restart); `None` runs until stopped.
+    pub expect: Option<usize>,
+    /// How long a crash or a patch waits for its partner before it is evaluated `unmatched`.
+    pub orphan_timeout: Duration,
 }
 
 /// patch-evaluation, subscribed: joins crashes with patches by program name.
@@ -216,8 +263,7 @@ pub struct PatchEvaluator {
 impl PatchEvaluator {
     /// Subscribes to crash details and patch responses as `patch-evaluation`.
     pub async fn subscribe(subscriber: &dyn Subscriber) -> Result<PatchEvaluator> {
-        let options =
-            SubscriptionOptions::new("patch-evaluation")?.with_ack_deadline(JOIN_ACK_DEADLINE);
+        let options = SubscriptionOptions::new("patch-evaluation")?;
         let crashes = subscriber
             .subscribe(&topic(CRASH_DETAIL_TOPIC), options.clone())
             .await?;
@@ -232,116 +278,204 @@ impl PatchEvaluator {
     }
 
     /// Evaluates each program once both its crash and its patch have arrived, in any order,
-    /// and publishes the evaluation; duplicates are acked and ignored. Both messages stay
-    /// unacked until the evaluation is published. Stops on `shutdown` or after `expect`
-    /// programs; returns the evaluations by program name.
+    /// and publishes the evaluation. Every message is written to `store` before it is acked;
+    /// duplicates, and messages for programs evaluated already, are acked and ignored. A half
+    /// that waits longer than the orphan timeout is evaluated `unmatched`. Stops on `shutdown`
+    /// or once `expect` programs are evaluated; returns every evaluation in the store.
     pub async fn run(
         self,
         publisher: &dyn Publisher,
         format: &EventFormat,
-        expect: Option<usize>,
+        store: &JoinStore,
+        settings: JoinSettings,
         shutdown: CancellationToken,
     ) -> Result<BTreeMap<String, PatchEvaluation>> {
         let (tx, mut rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
         let pumps = [
-            forward(self.crashes.clone(), Incoming::Crash, tx.clone()),
-            forward(self.patches.clone(), Incoming::Patch, tx),
+            forward(
+                self.crashes.clone(),
+                Incoming::Crash,
+                tx.clone(),
+                stop.clone(),
+                Incoming::delivery,
+            ),
+            forward(
+                self.patches.clone(),
+                Incoming::Patch,
+                tx,
+                stop.clone(),
+                Incoming::delivery,
+            ),
         ];
         let topic = topic(PATCH_EVALUATION_TOPIC);
-        let mut joins: HashMap<String, Join> = HashMap::new();
-        let mut evaluated: BTreeMap<String, PatchEvaluation> = BTreeMap::new();
+        let sweep_every = (settings.orphan_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut sweep = tokio::time::interval(sweep_every);
         let result = loop {
-            if expect.is_some_and(|n| evaluated.len() >= n) {
+            if settings
+                .expect
+                .is_some_and(|n| store.evaluated_count().unwrap_or(0) >= n)
+            {
                 break Ok(());
             }
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = sweep.tick() => {
+                    if let Err(e) = self.expire_orphans(publisher, format, store, settings.orphan_timeout).await {
+                        break Err(e);
+                    }
+                    continue;
+                }
                 next = rx.recv() => match next {
                     Some(Ok(incoming)) => incoming,
                     Some(Err(e)) => break Err(e),
                     None => break Ok(()),
                 },
             };
-            let name = match &incoming {
-                Incoming::Crash(crash) => program_name(&crash.data.executable_name),
-                Incoming::Patch(patch) => program_name(&patch.data.executable_name),
+            if let Err(e) = self.take(incoming, publisher, format, store, &topic).await {
+                break Err(e);
             }
-            .to_string();
-            if evaluated.contains_key(&name) {
-                println!("patch-evaluation: duplicate for {name} ignored");
-                let acked = match incoming {
-                    Incoming::Crash(crash) => crash.ack().await,
-                    Incoming::Patch(patch) => patch.ack().await,
-                };
-                if let Err(e) = acked {
-                    break Err(e);
-                }
-                continue;
-            }
-            let join = joins.entry(name.clone()).or_default();
-            // A second copy replaces the first, whose delivery is settled now.
-            let replaced = match incoming {
-                Incoming::Crash(crash) => {
-                    println!("patch-evaluation: crash detail for {name} received");
-                    join.crash.replace(crash).map(|old| old.delivery)
-                }
-                Incoming::Patch(patch) => {
-                    println!("patch-evaluation: patch response for {name} received");
-                    join.patch.replace(patch).map(|old| old.delivery)
-                }
-            };
-            if let Some(old) = replaced {
-                let _ = old.ack().await;
-            }
-            if join.crash.is_none() || join.patch.is_none() {
-                continue;
-            }
-            let Some(Join {
-                crash: Some(crash),
-                patch: Some(patch),
-            }) = joins.remove(&name)
-            else {
-                continue;
-            };
-            let patched = BASE64
-                .decode(&patch.data.patch_snippet_base64)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok());
-            let (verdict, reason) = evaluate(patch.data.status, patched.as_deref());
-            let evaluation = PatchEvaluation {
-                executable_name: name.clone(),
-                verdict,
-                reason,
-                llm_name: patch.data.transformer_metadata.llm_name.clone(),
-                crash_event_id: crash.event.id().to_string(),
-                patch_event_id: patch.event.id().to_string(),
-            };
-            let event = event(EVALUATION_SOURCE, PATCH_EVALUATION_TYPE, &name, &evaluation)?;
-            publisher.publish_event(&topic, &event, format).await?;
-            crash.ack().await?;
-            patch.ack().await?;
-            println!(
-                "patch-evaluation: {name}: {} ({}) -> {topic}",
-                evaluation.verdict, evaluation.reason
-            );
-            evaluated.insert(name, evaluation);
         };
-        // Held messages go back: another instance (or the next start) evaluates them.
-        for join in joins.into_values() {
-            if let Some(crash) = join.crash {
-                let _ = crash.nack().await;
-            }
-            if let Some(patch) = join.patch {
-                let _ = patch.nack().await;
+        stop.cancel();
+        for pump in pumps {
+            let _ = pump.await;
+        }
+        while let Ok(Ok(incoming)) = rx.try_recv() {
+            if let Some(delivery) = incoming.delivery() {
+                let _ = delivery.nack().await;
             }
         }
         self.crashes.close().await?;
         self.patches.close().await?;
-        for pump in pumps {
-            let _ = pump.await;
-        }
-        result.map(|()| evaluated)
+        result?;
+        store.evaluations()
     }
+
+    /// Stores one message (then acks it) and evaluates its program if both halves are there.
+    async fn take(
+        &self,
+        incoming: Incoming,
+        publisher: &dyn Publisher,
+        format: &EventFormat,
+        store: &JoinStore,
+        topic: &bus::Topic,
+    ) -> Result<()> {
+        let (name, half, held, delivery) = match incoming {
+            Incoming::Crash(crash) => (
+                program_name(&crash.data.executable_name).to_string(),
+                Half::Crash,
+                held(&crash.event.id().to_string(), &crash.data)?,
+                crash.delivery,
+            ),
+            Incoming::Patch(patch) => (
+                program_name(&patch.data.executable_name).to_string(),
+                Half::Patch,
+                held(&patch.event.id().to_string(), &patch.data)?,
+                patch.delivery,
+            ),
+        };
+        let shown = printable(&name);
+        if store.is_evaluated(&name)? {
+            println!("patch-evaluation: duplicate for {shown} ignored");
+            return delivery.ack().await;
+        }
+        store.hold(&name, half, &held)?;
+        delivery.ack().await?;
+        println!(
+            "patch-evaluation: {} for {shown} received",
+            match half {
+                Half::Crash => "crash detail",
+                Half::Patch => "patch response",
+            }
+        );
+        let Some((crash, patch)) = store.pair(&name)? else {
+            return Ok(());
+        };
+        let response: PatchResponse = serde_json::from_str(&patch.data).map_err(|e| {
+            bus::Error::new(ErrorKind::Internal, "patch-evaluation", "a stored patch")
+                .with_source(e)
+        })?;
+        let patched = BASE64
+            .decode(&response.patch_snippet_base64)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let (verdict, reason) = evaluate(response.status, patched.as_deref());
+        let evaluation = PatchEvaluation {
+            executable_name: name.clone(),
+            verdict,
+            reason,
+            llm_name: response.transformer_metadata.llm_name.clone(),
+            crash_event_id: crash.event_id,
+            patch_event_id: patch.event_id,
+        };
+        self.publish(publisher, format, store, topic, evaluation)
+            .await
+    }
+
+    /// Evaluates, as `unmatched`, what waited for its partner longer than `timeout`.
+    async fn expire_orphans(
+        &self,
+        publisher: &dyn Publisher,
+        format: &EventFormat,
+        store: &JoinStore,
+        timeout: Duration,
+    ) -> Result<()> {
+        let topic = topic(PATCH_EVALUATION_TOPIC);
+        for (name, crash, patch) in store.orphans(timeout)? {
+            let reason = match (&crash, &patch) {
+                (Some(_), _) => format!("no patch arrived within {timeout:?} of the crash"),
+                _ => format!("no crash arrived within {timeout:?} of the patch"),
+            };
+            let evaluation = PatchEvaluation {
+                executable_name: name,
+                verdict: Verdict::Unmatched,
+                reason,
+                llm_name: String::new(),
+                crash_event_id: crash.map(|c| c.event_id).unwrap_or_default(),
+                patch_event_id: patch.map(|p| p.event_id).unwrap_or_default(),
+            };
+            self.publish(publisher, format, store, &topic, evaluation)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        publisher: &dyn Publisher,
+        format: &EventFormat,
+        store: &JoinStore,
+        topic: &bus::Topic,
+        evaluation: PatchEvaluation,
+    ) -> Result<()> {
+        let name = evaluation.executable_name.clone();
+        let event = event(EVALUATION_SOURCE, PATCH_EVALUATION_TYPE, &name, &evaluation)?;
+        publisher.publish_event(topic, &event, format).await?;
+        store.record(&evaluation)?;
+        println!(
+            "patch-evaluation: {}: {} ({}) -> {topic}",
+            printable(&name),
+            evaluation.verdict,
+            printable(&evaluation.reason)
+        );
+        Ok(())
+    }
+}
+
+/// One half of a join as stored: its event id and its data as JSON.
+fn held<T: serde::Serialize>(event_id: &str, data: &T) -> Result<Held> {
+    Ok(Held {
+        event_id: event_id.to_string(),
+        data: serde_json::to_string(data).map_err(|e| {
+            bus::Error::new(
+                ErrorKind::Internal,
+                "patch-evaluation",
+                "event data as JSON",
+            )
+            .with_source(e)
+        })?,
+    })
 }
 
 /// The evaluation summary as a table.
@@ -350,10 +484,10 @@ pub fn summary(evaluations: &BTreeMap<String, PatchEvaluation>) -> String {
     for evaluation in evaluations.values() {
         text.push_str(&format!(
             "{:<12} {:<13} {:<14} {}\n",
-            evaluation.executable_name,
+            printable(&evaluation.executable_name),
             evaluation.verdict.to_string(),
-            evaluation.llm_name,
-            evaluation.reason
+            printable(&evaluation.llm_name),
+            printable(&evaluation.reason)
         ));
     }
     let fixed = evaluations

@@ -1,7 +1,9 @@
-//! What every example program does first: load the config, connect, and turn Ctrl-C and
-//! SIGTERM into a graceful stop.
+//! What every example program does first: log to stderr, load the config, connect, and turn
+//! Ctrl-C and SIGTERM into a graceful stop that never hangs.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bus::cloudevents::EventFormat;
 use bus::{Bus, Config, Result};
@@ -18,6 +20,39 @@ pub struct AppSettings {
     /// patch-evaluation stops after this many programs are evaluated (`BUS_APP__EXPECT`);
     /// unset: it runs until stopped.
     pub expect: Option<usize>,
+    /// patch-evaluation's join state, an SQLite file (`BUS_APP__STATE_FILE`); unset:
+    /// `patch-evaluation.sqlite3` in the working directory (`:memory:` keeps it in memory).
+    #[serde(deserialize_with = "bus::config::option_path")]
+    pub state_file: Option<PathBuf>,
+    /// How long a crash or a patch waits for its partner before patch-evaluation gives it an
+    /// `unmatched` verdict (`BUS_APP__ORPHAN_TIMEOUT_SECS`). Default 600.
+    pub orphan_timeout_secs: Option<u64>,
+}
+
+impl AppSettings {
+    /// The orphan timeout (default 600 s).
+    pub fn orphan_timeout(&self) -> Duration {
+        Duration::from_secs(self.orphan_timeout_secs.unwrap_or(600))
+    }
+}
+
+/// How long a service may take to stop after it was told to.
+pub const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// Logs to stderr through `tracing` (the library's warnings: connection lost, reconnecting,
+/// publish retried ...), filtered by `RUST_LOG` (default `warn`); `BUS_LOG=json` writes JSON
+/// lines instead of text.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("BUS_LOG").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// A connected service.
@@ -36,8 +71,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads the config for `name` (see [`Config::load_as`]) and connects.
+    /// Logs (see [`init_logging`]), loads the config for `name` (see [`Config::load_as`]) and
+    /// connects.
     pub async fn start(name: &'static str) -> Result<Service> {
+        init_logging();
         let config = Config::load_as(name)?;
         let settings: AppSettings = config.section("app")?;
         let format = config.event_format();
@@ -57,39 +94,68 @@ impl Service {
     }
 }
 
-/// A token cancelled on Ctrl-C or SIGTERM.
+/// A token cancelled on Ctrl-C or SIGTERM. A second signal ends the process at once (exit
+/// status 130), whatever it was doing.
 pub fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut terminate) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = terminate.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        signalled().await;
         cancel.cancel();
+        signalled().await;
+        eprintln!("second signal: stopping now");
+        std::process::exit(130);
     });
     token
+}
+
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs `service` until it ends; once `shutdown` is cancelled it gets [`STOP_WITHIN`] to
+/// finish (settling what it holds), after which the process ends with an error.
+pub async fn stop_within<T>(
+    name: &str,
+    shutdown: &CancellationToken,
+    service: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(service);
+    tokio::select! {
+        result = &mut service => return result,
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(STOP_WITHIN, service).await {
+        Ok(result) => result,
+        Err(_) => {
+            eprintln!("{name}: did not stop within {STOP_WITHIN:?}; exiting");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Reports an error from a program's main on stderr and exits with status 1.
 pub fn exit_on_error(name: &str, result: Result<()>) {
     if let Err(e) = result {
-        eprintln!("{name}: {e}");
+        eprintln!("{name}: {}", bus::printable(&e.to_string()));
         std::process::exit(1);
     }
 }

@@ -74,12 +74,14 @@ pub struct PatchResponse {
 
 /// Whether the LLM produced a patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum PatchStatus {
     /// A patched file is attached.
     Success,
     /// No patch.
     Fail,
+    /// The scan found nothing, so there is nothing to patch.
+    NotNeeded,
 }
 
 /// The model behind a patch.
@@ -120,6 +122,10 @@ pub enum Verdict {
     NotFixed,
     /// The LLM returned no usable patch.
     PatchFailed,
+    /// The scan found nothing in the program, so nothing was patched.
+    NoFinding,
+    /// The crash or the patch never got its partner within `app.orphan_timeout_secs`.
+    Unmatched,
 }
 
 impl std::fmt::Display for Verdict {
@@ -128,6 +134,8 @@ impl std::fmt::Display for Verdict {
             Verdict::Fixed => "fixed",
             Verdict::NotFixed => "not_fixed",
             Verdict::PatchFailed => "patch_failed",
+            Verdict::NoFinding => "no_finding",
+            Verdict::Unmatched => "unmatched",
         })
     }
 }

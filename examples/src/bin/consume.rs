@@ -2,7 +2,7 @@
 //! or SIGTERM after finishing the message in hand.
 
 use bus::{ErrorKind, Message, SubscriptionOptions, Topic};
-use bus_examples::runtime::{exit_on_error, shutdown_signal, Service};
+use bus_examples::runtime::{exit_on_error, shutdown_signal, stop_within, Service};
 use bus_examples::{DEMO_TOPIC, REPLY_TOPIC};
 
 #[tokio::main]
@@ -21,33 +21,36 @@ async fn run() -> bus::Result<()> {
         .subscribe(&topic, SubscriptionOptions::new("consume")?)
         .await?;
     eprintln!("consume: ready, subscribed to {topic}");
-    let result = loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            delivery = subscription.receive() => delivery,
-        };
-        let delivery = match delivery {
-            Ok(delivery) => delivery,
-            Err(e) if e.kind() == ErrorKind::Closed => break Ok(()),
-            Err(e) if e.is_retryable() => {
-                eprintln!("consume: receive failed, retrying: {e}");
-                continue;
+    let receiving = async {
+        Ok(loop {
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                delivery = subscription.receive() => delivery,
+            };
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(e) if e.kind() == ErrorKind::Closed => break Ok(()),
+                Err(e) if e.is_retryable() => {
+                    eprintln!("consume: receive failed, retrying: {e}");
+                    continue;
+                }
+                Err(e) => break Err(e),
+            };
+            let payload = bus::printable(&String::from_utf8_lossy(delivery.payload()));
+            if payload == "Hello" {
+                service
+                    .bus
+                    .publisher
+                    .publish(&reply, Message::new("HI"))
+                    .await?;
+                println!("It works");
+            } else {
+                println!("{payload}");
             }
-            Err(e) => break Err(e),
-        };
-        let payload = String::from_utf8_lossy(delivery.payload()).into_owned();
-        if payload == "Hello" {
-            service
-                .bus
-                .publisher
-                .publish(&reply, Message::new("HI"))
-                .await?;
-            println!("It works");
-        } else {
-            println!("{payload}");
-        }
-        delivery.ack().await?;
+            delivery.ack().await?;
+        })
     };
+    let result = stop_within("consume", &shutdown, receiving).await?;
     subscription.close().await?;
     service.bus.close().await?;
     eprintln!("consume: stopped");

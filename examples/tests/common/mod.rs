@@ -176,6 +176,15 @@ impl Example {
             }
         }
         command.envs(env.vars.iter().map(|(k, v)| (k, v)));
+        // patch-evaluation keeps its join state in a file: a fresh one per start, unless the
+        // test names one (to restart on the same state).
+        if !env.vars.iter().any(|(k, _)| k == "BUS_APP__STATE_FILE") {
+            let state = std::env::temp_dir().join(format!(
+                "bus-test-{name}-{}.sqlite3",
+                uuid::Uuid::new_v4().simple()
+            ));
+            command.env("BUS_APP__STATE_FILE", state);
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
