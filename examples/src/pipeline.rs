@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{clean_scan, evaluate, has_finding, scan, Llm, SourceFile};
 use crate::schema::*;
-use crate::store::{Half, Held, JoinStore};
+use crate::store::{Half, Held, JoinStore, Orphan};
 
 /// The synthetic crashing input: more than any of the samples' buffers hold.
 fn crash_input(file: &SourceFile) -> Vec<u8> {
@@ -365,13 +365,13 @@ impl PatchEvaluator {
             Incoming::Crash(crash) => (
                 program_name(&crash.data.executable_name).to_string(),
                 Half::Crash,
-                held(&crash.event.id().to_string(), &crash.data)?,
+                held(crash.event.id(), &crash.data)?,
                 crash.delivery,
             ),
             Incoming::Patch(patch) => (
                 program_name(&patch.data.executable_name).to_string(),
                 Half::Patch,
-                held(&patch.event.id().to_string(), &patch.data)?,
+                held(patch.event.id(), &patch.data)?,
                 patch.delivery,
             ),
         };
@@ -422,7 +422,12 @@ impl PatchEvaluator {
         timeout: Duration,
     ) -> Result<()> {
         let topic = topic(PATCH_EVALUATION_TOPIC);
-        for (name, crash, patch) in store.orphans(timeout)? {
+        for Orphan {
+            program: name,
+            crash,
+            patch,
+        } in store.orphans(timeout)?
+        {
             let reason = match (&crash, &patch) {
                 (Some(_), _) => format!("no patch arrived within {timeout:?} of the crash"),
                 _ => format!("no crash arrived within {timeout:?} of the patch"),

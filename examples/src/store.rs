@@ -42,6 +42,17 @@ pub struct Held {
     pub data: String,
 }
 
+/// A program whose join waited too long: its name and the half that came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The program.
+    pub program: String,
+    /// Its crash, if that is the half that came.
+    pub crash: Option<Held>,
+    /// Its patch, if that is the half that came.
+    pub patch: Option<Held>,
+}
+
 /// The join state, in an SQLite database (a file, or `:memory:`).
 #[derive(Debug)]
 pub struct JoinStore {
@@ -168,8 +179,8 @@ impl JoinStore {
             .map_err(|e| db_error("committing an evaluation", e))
     }
 
-    /// Programs with a half held longer than `timeout` and no partner: `(program, crash, patch)`.
-    pub fn orphans(&self, timeout: Duration) -> Result<Vec<(String, Option<Held>, Option<Held>)>> {
+    /// Programs with a half held longer than `timeout` and no partner.
+    pub fn orphans(&self, timeout: Duration) -> Result<Vec<Orphan>> {
         let cutoff = now_secs() - timeout.as_secs() as i64;
         let db = self.db();
         let mut statement = db
@@ -199,7 +210,11 @@ impl JoinStore {
             } else {
                 (None, Some(held))
             };
-            orphans.push((program, crash, patch));
+            orphans.push(Orphan {
+                program,
+                crash,
+                patch,
+            });
         }
         Ok(orphans)
     }
