@@ -2,7 +2,8 @@
 //! [`GcpConfig::streams`](crate::GcpConfig::streams) streaming pulls feeding one queue.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +22,69 @@ use crate::acks::GcpAcker;
 use crate::connect::AttemptCounts;
 use crate::errors::map_error;
 use crate::{lock, GcpBackend, BACKEND};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// While a consumer receives nothing, checks every few seconds that Pub/Sub answers (a cheap
+/// admin call) and warns when it does not, every 30 s at most, until it answers again: the
+/// client itself retries a lost stream silently.
+async fn watch_reachability(
+    backend: GcpBackend,
+    path: String,
+    last_message: Arc<AtomicU64>,
+    closed: tokio_util::sync::CancellationToken,
+) {
+    const CHECK_EVERY: Duration = Duration::from_secs(5);
+    const WARN_EVERY: Duration = Duration::from_secs(30);
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = closed.cancelled() => return,
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+        if now_ms().saturating_sub(last_message.load(Ordering::Relaxed))
+            < CHECK_EVERY.as_millis() as u64
+        {
+            continue;
+        }
+        let check = backend
+            .inner
+            .subscription_admin
+            .get_subscription()
+            .set_subscription(path.clone())
+            .send();
+        let reachable = match tokio::time::timeout(Duration::from_secs(3), check).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                map_error(&e, "checking the subscription").kind()
+                    != bus_core::ErrorKind::Unavailable
+            }
+            Err(_) => false,
+        };
+        let now = tokio::time::Instant::now();
+        match (reachable, unreachable_since) {
+            (true, Some(since)) => {
+                tracing::warn!(subscription = %path, endpoint = %backend.inner.endpoint.url(), down_for = ?now.duration_since(since), "Pub/Sub answers again; the consumer receives again");
+                unreachable_since = None;
+                last_warning = None;
+            }
+            (true, None) => {}
+            (false, since) => {
+                let since = *unreachable_since.get_or_insert(since.unwrap_or(now));
+                if last_warning.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
+                    tracing::warn!(subscription = %path, endpoint = %backend.inner.endpoint.url(), down_for = ?now.duration_since(since), "cannot reach Pub/Sub; the consumer keeps trying");
+                    last_warning = Some(now);
+                }
+            }
+        }
+    }
+}
 
 /// When this many message ids are being counted on one subscription, the counts start over
 /// (attempt numbers begin again at 1) rather than grow without bound.
@@ -78,6 +142,14 @@ impl Subscriber for GcpSubscriber {
         let client = self.backend.subscriber_client().await?;
         let mut shutdowns = Vec::new();
         let mut pumps = Vec::new();
+        // The client retries a lost stream for ever without a word: say so while it does.
+        let last_message = Arc::new(AtomicU64::new(now_ms()));
+        pumps.push(tokio::spawn(watch_reachability(
+            self.backend.clone(),
+            path.clone(),
+            last_message.clone(),
+            closed.clone(),
+        )));
         for _ in 0..inner.config.streams {
             let mut stream = client
                 .subscribe(path.clone())
@@ -89,6 +161,7 @@ impl Subscriber for GcpSubscriber {
                 .build();
             shutdowns.push(stream.shutdown_token());
             let (tx, closed, path) = (tx.clone(), closed.clone(), path.clone());
+            let last_message = last_message.clone();
             // The pump owns the stream: when it ends, the stream is dropped, which ends the
             // RPC and then nacks whatever the client still holds.
             pumps.push(tokio::spawn(async move {
@@ -106,7 +179,10 @@ impl Subscriber for GcpSubscriber {
                     };
                     let item = match next {
                         None => break,
-                        Some(Ok(pair)) => Ok(pair),
+                        Some(Ok(pair)) => {
+                            last_message.store(now_ms(), Ordering::Relaxed);
+                            Ok(pair)
+                        }
                         Some(Err(e)) => Err(map_error(&e, &format!("receiving from {path}"))),
                     };
                     let failed = item.is_err();
