@@ -86,6 +86,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Memory: fills a stalled subscription until publishers are held back and compares the
+    /// RSS growth with `memory.max_queued_bytes` (run once per payload size: a fresh process).
+    MemoryBudget {
+        /// Payload bytes.
+        #[arg(long, default_value_t = 16)]
+        payload: usize,
+        /// The subscription's bound.
+        #[arg(long, default_value_t = 256 * 1024 * 1024)]
+        max_queued_bytes: usize,
+    },
     /// Mosquitto: a QoS 1 burst to a consumer that is not reading, with the shipped broker
     /// config (nothing may be lost) and with Mosquitto's default queue limit.
     LossCheck {
@@ -557,6 +567,20 @@ fn main() {
                 topic,
                 subscription,
             } => soak::consumer(&topic, &subscription).await,
+            Command::MemoryBudget {
+                payload,
+                max_queued_bytes,
+            } => {
+                if payload < HEADER_BYTES {
+                    return Err(format!("--payload must be at least {HEADER_BYTES}"));
+                }
+                let report = scenarios::memory_budget(payload, max_queued_bytes).await;
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| e.to_string())?
+                );
+                Ok(())
+            }
             Command::Chart { input, output } => {
                 let text = std::fs::read_to_string(&input)
                     .map_err(|e| format!("{}: {e}", input.display()))?;

@@ -217,3 +217,58 @@ pub async fn mosquitto_queue_limit(messages: usize, payload: usize) -> Vec<Queue
     }
     results
 }
+
+/// What the memory-budget scenario measured.
+#[derive(Debug, Serialize)]
+pub struct MemoryBudget {
+    /// Payload size.
+    pub payload_bytes: usize,
+    /// The subscription's bound (`memory.max_queued_bytes`).
+    pub max_queued_bytes: usize,
+    /// Messages the subscription held when it was full.
+    pub messages_held: usize,
+    /// RSS growth from before the first publish to the full subscription, MiB.
+    pub rss_growth_mib: f64,
+    /// RSS growth over the bound: 1.0 means the bound is what the process really uses.
+    pub growth_over_bound: f64,
+}
+
+/// Fills one stalled subscription of a fresh memory broker until publishers are held back,
+/// and compares the process's RSS growth with `memory.max_queued_bytes`.
+pub async fn memory_budget(payload: usize, max_queued_bytes: usize) -> MemoryBudget {
+    let broker = MemoryBackend::connect(&MemoryConfig {
+        name: format!("budget-{payload}-{}", std::process::id()),
+        max_queued_bytes,
+        publish_timeout_ms: 200,
+        ..MemoryConfig::default()
+    })
+    .await
+    .expect("memory config");
+    let topic = Topic::new("bench/budget").expect("topic");
+    let _stalled = broker
+        .subscriber()
+        .subscribe(&topic, SubscriptionOptions::new("stalled").expect("name"))
+        .await
+        .expect("subscribe");
+    let publisher = broker.publisher();
+    let (before, _) = memory_mib();
+    let mut held = 0usize;
+    loop {
+        match publisher
+            .publish(&topic, Message::new(stamp(held as u64, payload)))
+            .await
+        {
+            Ok(_) => held += 1,
+            Err(_) => break,
+        }
+    }
+    let (after, _) = memory_mib();
+    let growth = after - before;
+    MemoryBudget {
+        payload_bytes: payload,
+        max_queued_bytes,
+        messages_held: held,
+        rss_growth_mib: growth,
+        growth_over_bound: growth * 1024.0 * 1024.0 / max_queued_bytes as f64,
+    }
+}
