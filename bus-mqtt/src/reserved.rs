@@ -475,6 +475,23 @@ mod tests {
         assert!(!other.owns_client_id(&format!("{base}-0")));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn classifying_and_parsing_any_entry_never_panics(
+            topic in "(_bus/(sub|slot|probe|mark|retry)/)?.{0,80}",
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let key = key();
+            match classify(&topic) {
+                Some(Reserved::Slot { key, hash }) => { let _ = parse_slot(&key, &hash, &payload); }
+                Some(Reserved::Registry { key }) => { let _ = parse_registry(&key, &payload); }
+                _ => {}
+            }
+            let _ = parse_slot(&key, &"0".repeat(16), &payload);
+            let _ = parse_registry(&key, &payload);
+        }
+    }
+
     #[test]
     fn hostile_entries_are_skipped() {
         let key = key();
