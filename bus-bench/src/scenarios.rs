@@ -253,14 +253,12 @@ pub async fn memory_budget(payload: usize, max_queued_bytes: usize) -> MemoryBud
     let publisher = broker.publisher();
     let (before, _) = memory_mib();
     let mut held = 0usize;
-    loop {
-        match publisher
-            .publish(&topic, Message::new(stamp(held as u64, payload)))
-            .await
-        {
-            Ok(_) => held += 1,
-            Err(_) => break,
-        }
+    while publisher
+        .publish(&topic, Message::new(stamp(held as u64, payload)))
+        .await
+        .is_ok()
+    {
+        held += 1;
     }
     let (after, _) = memory_mib();
     let growth = after - before;
