@@ -1,42 +1,4 @@
-//! An in-process bus broker: the embedded default backend, with the whole bus contract.
-//!
-//! - **Fan-out and load sharing.** Each subscription name on a topic has its own queue; every
-//!   queue gets every message published after the subscription was created. Consumers that
-//!   subscribe with the same name take turns on that queue.
-//! - **Durability** for the life of the process: a subscription and its messages stay when its
-//!   last consumer closes, and the next consumer gets them.
-//! - **At-least-once.** A delivery stays *in flight* until it is acked. A nack, or no ack within
-//!   the ack deadline, puts it back with its attempt number increased; once the attempts reach
-//!   the dead-letter policy's maximum the message is published to the dead-letter topic.
-//! - **Ordering.** On a subscription with [`SubscriptionOptions::ordered`], a message with an
-//!   ordering key is not handed out while an earlier message with that key is still in flight.
-//! - **Bounded memory.** Each subscription holds at most
-//!   [`MemoryConfig::max_queued_bytes`] of unacked messages (each message counted as its size
-//!   plus [`PER_MESSAGE_OVERHEAD`]), messages waiting for the dead-letter topic included. A publisher waits for room rather than memory growing;
-//!   after [`MemoryConfig::publish_timeout_ms`] it gets a retryable
-//!   [`ErrorKind::Timeout`] error. A full subscription holds back the publishers of its topic,
-//!   never the consumers of other subscriptions.
-//! - Publishing returns once every subscription of the topic holds the message. A topic with no
-//!   subscriptions discards what is published to it, as Pub/Sub does.
-//!
-//! ```
-//! use bus_core::{Backend, Message, SubscriptionOptions, Topic};
-//! use bus_memory::{MemoryBackend, MemoryConfig};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> bus_core::Result<()> {
-//! let broker = MemoryBackend::connect(&MemoryConfig::default()).await?;
-//! let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
-//! let topic = Topic::new("python/mqtt")?;
-//! let subscription = subscriber.subscribe(&topic, SubscriptionOptions::new("consume")?).await?;
-//!
-//! publisher.publish(&topic, Message::new("Hello")).await?;
-//! let delivery = subscription.receive().await?;
-//! assert_eq!(delivery.payload().as_ref(), b"Hello");
-//! assert_eq!(delivery.attempt(), 1);
-//! delivery.ack().await?;
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
