@@ -305,6 +305,10 @@ pub(crate) struct Drain {
     state_before: SlotState,
     connection: tokio::sync::OnceCell<Connection>,
     progress: Arc<DrainProgress>,
+    /// Serialises the drain's state writes; `true` once it was aborted, after which the
+    /// hand-over writes nothing more (else its `draining` could land after the abort's
+    /// restored state, and no one would drain the session again).
+    aborted: tokio::sync::Mutex<bool>,
 }
 
 impl Drain {
@@ -561,6 +565,7 @@ impl Consumer {
             state_before,
             connection: tokio::sync::OnceCell::new(),
             progress: progress.clone(),
+            aborted: tokio::sync::Mutex::new(false),
         });
         lock(&self.drains).insert(source, drain.clone());
         let opened = Connection::open(config, session, handler).await;
@@ -612,9 +617,15 @@ impl Consumer {
                 "no SUBACK while draining",
             ));
         }
-        let draining = SlotEntry::new(target, SlotState::Draining).payload();
-        reserved::put_retained(connection, &self.key.slot_topic(target), draining, deadline)
-            .await?;
+        {
+            let aborted = drain.aborted.lock().await;
+            if *aborted {
+                return Err(Error::closed(BACKEND, "subscription"));
+            }
+            let draining = SlotEntry::new(target, SlotState::Draining).payload();
+            reserved::put_retained(connection, &self.key.slot_topic(target), draining, deadline)
+                .await?;
+        }
         if !self.is_member() {
             return Err(Error::new(
                 ErrorKind::Unavailable,
@@ -661,6 +672,10 @@ impl Consumer {
         }
         tracing::debug!(consumer = %self.client_id, session = %target, "drained");
         // Nothing is left to hand over.
+        let aborted = drain.aborted.lock().await;
+        if *aborted {
+            return Err(Error::closed(BACKEND, "subscription"));
+        }
         let deadline =
             Instant::now() + Duration::from_millis(self.shared.config.connect_timeout_ms);
         reserved::put_retained(
@@ -674,10 +689,13 @@ impl Consumer {
 
     /// Leaves a drain half-way: its state goes back to what it was, so that it is drained later.
     async fn abort_drain(&self, drain: &Drain) {
+        let mut aborted = drain.aborted.lock().await;
         let Some(connection) = drain.connection.get() else {
+            // Not open yet: the hand-over sees the flag once it is, and comes back here.
+            *aborted = true;
             return;
         };
-        if !connection.is_finished() {
+        if !*aborted && !connection.is_finished() {
             let deadline = Instant::now() + Duration::from_secs(2);
             let before = SlotEntry::new(&drain.target, drain.state_before).payload();
             let _ = reserved::put_retained(
@@ -688,6 +706,7 @@ impl Consumer {
             )
             .await;
         }
+        *aborted = true;
         connection.close().await;
     }
 

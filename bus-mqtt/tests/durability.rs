@@ -479,3 +479,54 @@ async fn a_consumer_not_back_after_a_restart_takes_no_peer_over() {
         sent.len()
     );
 }
+
+/// A consumer that takes over a departed session and leaves before the hand-over finished
+/// (here: right after its first delivery) gives the session back: the next consumer gets
+/// everything. (Found with `bus sub --count 1`: the leaving drainer's `draining` could land
+/// after its restored state, and the session's messages then waited for no one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_leaves_in_the_middle_of_a_hand_over_gives_the_session_back() {
+    let broker = Mosquitto::shared();
+    let topic = fresh_topic("drain-left");
+    let options = SubscriptionOptions::new("workers").unwrap();
+    for round in 0..5 {
+        let first = backend(broker, &format!("first-{round}")).await;
+        first
+            .subscriber()
+            .subscribe(&topic, options.clone())
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+        first.close().await.unwrap();
+        let producer = backend(broker, &format!("producer-{round}")).await;
+        let sent = publish_many(&*producer.publisher(), &topic, &format!("r{round}-"), 3).await;
+
+        // Takes the first one's session over and leaves at its first delivery, unsettled.
+        let brief = backend(broker, &format!("brief-{round}")).await;
+        let brief_sub = brief
+            .subscriber()
+            .subscribe(&topic, options.clone())
+            .await
+            .unwrap();
+        let held = tokio::time::timeout(Duration::from_secs(30), brief_sub.receive())
+            .await
+            .expect("the brief consumer gets the queued messages")
+            .unwrap();
+        brief_sub.close().await.unwrap();
+        drop(held);
+        brief.close().await.unwrap();
+
+        let last = backend(broker, &format!("last-{round}")).await;
+        let last_sub = last
+            .subscriber()
+            .subscribe(&topic, options.clone())
+            .await
+            .unwrap();
+        receive_all(&*last_sub, &sent, Duration::from_secs(30)).await;
+        last_sub.close().await.unwrap();
+        last.close().await.unwrap();
+        producer.close().await.unwrap();
+    }
+}
