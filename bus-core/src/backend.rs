@@ -6,7 +6,7 @@
 //! implementing [`Backend`]: publishers, subscribers and capabilities from there.
 //!
 //! - [`PublishGate`]: a publisher's closed state and the publishes in flight, so that `publish`
-//!   after `close` fails with [`ErrorKind::Closed`] and `flush`/`close` wait for what is under way.
+//!   after `close` fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed) and `flush`/`close` wait for what is under way.
 //! - [`Lifecycle`]: the closed state of a subscriber and of each of its subscriptions (closing a
 //!   subscriber closes them all), the subscribe preamble ([`Lifecycle::admit`]) and
 //!   [`Lifecycle::until_closed`], which ends a blocked `receive` promptly on close.
@@ -62,6 +62,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// A subscriber.
     fn subscriber(&self) -> Box<dyn Subscriber>;
 
+    /// Makes sure `topic` exists, for a backend where topics are resources (Pub/Sub); on the
+    /// others a topic is just a name and this does nothing. Creating what exists is not an
+    /// error.
+    async fn create_topic(&self, _topic: &crate::Topic) -> Result<()> {
+        Ok(())
+    }
+
     /// Releases the backend's shared connections (after what is in flight). Publishers and
     /// subscribers made from it fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed) or
     /// keep working, as each backend documents; close them first.
@@ -81,7 +88,7 @@ pub struct PublishGate {
 pub struct Publishing<'a>(&'a PublishGate);
 
 impl PublishGate {
-    /// Starts a publish, or fails with [`ErrorKind::Closed`] once the publisher is closed.
+    /// Starts a publish, or fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed) once the publisher is closed.
     pub fn enter(&self, backend: &'static str) -> Result<Publishing<'_>> {
         // Counted before the check: a close that starts now waits for this publish.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -140,7 +147,7 @@ impl Lifecycle {
         Self::default()
     }
 
-    /// The subscribe preamble: fails with [`ErrorKind::Closed`] if this subscriber is closed,
+    /// The subscribe preamble: fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed) if this subscriber is closed,
     /// checks `options` against the backend's capabilities, and returns the lifecycle of the
     /// new subscription.
     pub fn admit(
@@ -156,7 +163,7 @@ impl Lifecycle {
         })
     }
 
-    /// Fails with [`ErrorKind::Closed`] naming `what` once closed.
+    /// Fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed) naming `what` once closed.
     pub fn check_open(&self, backend: &'static str, what: &str) -> Result<()> {
         if self.is_closed() {
             return Err(Error::closed(backend, what));
@@ -180,7 +187,7 @@ impl Lifecycle {
     }
 
     /// Runs `operation` (a subscription's receive) unless or until this lifecycle is closed, in
-    /// which case it returns an [`ErrorKind::Closed`] error naming the subscription.
+    /// which case it returns an [`ErrorKind::Closed`](crate::ErrorKind::Closed) error naming the subscription.
     pub async fn until_closed<T>(
         &self,
         backend: &'static str,

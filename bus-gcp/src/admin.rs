@@ -12,8 +12,16 @@ impl GcpBackend {
     /// Makes sure the topic exists: created when provisioning, else assumed (a publish to a
     /// missing topic fails with `NotFound`).
     pub(crate) async fn ensure_topic(&self, topic: &Topic) -> Result<String> {
+        if !self.inner.provisioning {
+            return self.topic_path(topic);
+        }
+        self.create_topic_now(topic).await
+    }
+
+    /// Creates the topic (whatever `gcp.provisioning` says), unless it is known to exist.
+    pub(crate) async fn create_topic_now(&self, topic: &Topic) -> Result<String> {
         let path = self.topic_path(topic)?;
-        if !self.inner.provisioning || lock(&self.inner.known_topics).contains(&path) {
+        if lock(&self.inner.known_topics).contains(&path) {
             return Ok(path);
         }
         match self
@@ -48,7 +56,7 @@ impl GcpBackend {
                     ErrorKind::NotFound,
                     BACKEND,
                     format!(
-                        "subscription {} on {topic} (Pub/Sub {path}) does not exist and gcp.provisioning is off; create it (gcloud pubsub subscriptions create {} --topic {}) or set gcp.provisioning = true",
+                        "subscription {} on {topic} (Pub/Sub {path}) does not exist and gcp.provisioning is off; create it (`bus provision FILE`, or gcloud pubsub subscriptions create {} --topic {}) or set gcp.provisioning = true",
                         options.name,
                         names::subscription_id(&options.name, topic)?,
                         names::topic_id(topic)?

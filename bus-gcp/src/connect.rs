@@ -237,6 +237,12 @@ impl Backend for GcpBackend {
         Box::new(GcpSubscriber::new(self.clone()))
     }
 
+    /// Creates the topic with the admin API, whatever `gcp.provisioning` says (it is what
+    /// `bus provision` calls).
+    async fn create_topic(&self, topic: &Topic) -> Result<()> {
+        self.create_topic_now(topic).await.map(|_| ())
+    }
+
     /// The clients close when the last publisher and subscriber made from this backend are
     /// gone; there is nothing to release before.
     async fn close(&self) -> Result<()> {

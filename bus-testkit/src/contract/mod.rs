@@ -35,7 +35,7 @@ use tokio::time::{timeout, Instant};
 use crate::{Outcome, Target};
 
 /// How long a scenario waits for one expected delivery before failing, unless the backend's
-/// factory says otherwise ([`BackendFactory::receive_timeout`]).
+/// target says otherwise ([`Target::receive_timeout`]).
 pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a scenario watches for deliveries that must not come.
