@@ -298,14 +298,27 @@ impl Subscription for GcpSubscription {
         for pump in pumps {
             let _ = pump.await;
         }
+        {
+            // Pulled but never handed out: dropping a handler nacks it, and that nack must be
+            // sent before the streams' shutdown completes, or it waits out its ack deadline.
+            let mut incoming = self.incoming.lock().await;
+            incoming.close();
+            while let Ok(pulled) = incoming.try_recv() {
+                drop(pulled);
+            }
+        }
         // Dropping a stream starts its shutdown: pending acks are sent and everything still
         // under lease is nacked. Wait for those calls, within reason.
         let shutdowns = self.shutdowns.iter().map(|token| token.shutdown());
-        let _ = tokio::time::timeout(
+        if tokio::time::timeout(
             Duration::from_secs(10),
             futures::future::join_all(shutdowns),
         )
-        .await;
+        .await
+        .is_err()
+        {
+            tracing::warn!(topic = %self.topic, "the streams did not shut down within 10 s; messages they held wait out their ack deadline");
+        }
         lock(&self.client).take();
         Ok(())
     }

@@ -413,8 +413,10 @@ impl Connection {
     /// a late PUBACK could hit another message that reuses the packet id.
     pub async fn ack(&self, publish: &Publish, epoch: u64) -> Result<()> {
         if self.epoch() != Some(epoch) {
+            tracing::debug!(pkid = publish.pkid, epoch, current = ?self.epoch(), "not acking a message of an earlier connection");
             return Ok(());
         }
+        tracing::trace!(pkid = publish.pkid, epoch, "PUBACK");
         self.client.ack(publish).await.map_err(|e| {
             Error::new(
                 ErrorKind::Closed,
