@@ -41,12 +41,21 @@ if [ -z "${PUBSUB_EMULATOR_HOST:-}" ]; then
   fi
 fi
 
-# The Python services' own libraries, for the interop tests: a virtualenv in .venv.
+# The Python services' own libraries, for the interop tests: a virtualenv in .venv with paho,
+# cloudevents and Google's Pub/Sub client.
 if [ -z "${BUS_TEST_PYTHON:-}" ]; then
-  if ! .venv/bin/python -c "import paho.mqtt, cloudevents.conversion" 2>/dev/null; then
-    echo "== creating .venv with paho-mqtt 2.1 and cloudevents"
-    python3 -m venv .venv
-    .venv/bin/pip install -q "paho-mqtt==2.1.0" "cloudevents>=1.11,<2"
+  if ! .venv/bin/python -c "import paho.mqtt, cloudevents.conversion, google.cloud.pubsub_v1" 2>/dev/null; then
+    echo "== creating .venv with paho-mqtt 2.1, cloudevents and google-cloud-pubsub"
+    if ! python3 -m venv .venv; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv .venv
+      else
+        echo "ERROR: the interop tests need python3-venv: apt-get install -y python3-venv" >&2
+        exit 1
+      fi
+    fi
+    .venv/bin/pip install -q "paho-mqtt==2.1.0" "cloudevents>=1.11,<2" "google-cloud-pubsub>=2.20,<3"
   fi
   export BUS_TEST_PYTHON="$PWD/.venv/bin/python"
 fi
@@ -87,7 +96,7 @@ for broker in "${brokers[@]}"; do
   echo "== MQTT tests on Mosquitto $version ($broker)"
   BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-mqtt --tests --no-fail-fast
   BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-examples --tests --no-fail-fast -- mosquitto
-  BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-bench --test soak -- mqtt
+  BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-cli --test soak -- mqtt
   covered+=("$version ($broker)")
 done
 echo "== MQTT brokers covered: ${covered[*]}"

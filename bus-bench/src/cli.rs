@@ -1,28 +1,4 @@
-//! **bus-bench**: bus against the raw clients and the Python stack, side by side in one run,
-//! on brokers it starts itself (as the tests do).
-//!
-//! ```text
-//! cargo run --release -p bus-bench -- compare --backend mqtt|gcp|memory [--messages N] [--payload BYTES] [--json]
-//! cargo run --release -p bus-bench -- run --backend mqtt --client bus --messages 100000
-//! cargo run --release -p bus-bench -- backpressure          # memory: stalled consumer, 1,000,000 messages
-//! cargo run --release -p bus-bench -- loss-check            # Mosquitto: 100,000-message burst
-//! cargo run --release -p bus-bench -- chart --input results.jsonl --output bench/throughput.svg
-//! cargo run --release -p bus-bench -- soak --backend mqtt|gcp|memory --minutes 10   # RELIABILITY.md
-//! ```
-//!
-//! Every message carries its send time and a sequence number: the consumer side reports
-//! end-to-end latency percentiles, and every message is accounted for (lost, duplicates).
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-mod clients;
-mod measure;
-mod python;
-mod report;
-mod scenarios;
-mod soak;
+//! The `bus bench` command line: its subcommands and what runs them.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -30,21 +6,15 @@ use std::time::Duration;
 
 use bus_testkit::emulator::PubSubEmulator;
 use bus_testkit::mosquitto::Mosquitto;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 
-use clients::{Broker, MqttVersion};
-use measure::{BenchResult, Params, HEADER_BYTES};
+use crate::clients::{self, Broker, MqttVersion};
+use crate::measure::{self, BenchResult, Params, HEADER_BYTES};
+use crate::{python, report, scenarios, soak};
 
-/// Benchmarks bus against the raw clients and the Python stack.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
+/// What `bus bench` runs.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
     /// Every client of one backend, the median of several runs each, with ratios.
     Compare {
         #[command(flatten)]
@@ -172,8 +142,8 @@ enum Command {
     },
 }
 
-#[derive(clap::Args, Clone)]
-struct Common {
+#[derive(Debug, clap::Args, Clone)]
+pub struct Common {
     /// The transport.
     #[arg(long, value_enum)]
     backend: Backend,
@@ -202,15 +172,17 @@ struct Common {
     json: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
+/// A backend to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
     Memory,
     Mqtt,
     Gcp,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Client {
+/// A client to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Client {
     /// bus on the chosen backend.
     Bus,
     /// The backend's raw client (tokio mpsc, rumqttc MQTT 5, google-cloud-pubsub).
@@ -406,196 +378,179 @@ fn print(results: &[BenchResult], json: bool) {
     let _ = stdout.write_all(text.as_bytes());
 }
 
-fn main() {
-    let cli = Cli::parse();
-    // The library's warnings (connection lost, reconnecting, ...) on stderr; RUST_LOG filters.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Compare {
-                common,
-                runs,
-                no_python,
-                chart,
-            } => {
-                let mut results = compare(&common, runs, !no_python).await?;
-                label_allocator(&mut results);
-                print(&results, common.json);
-                if let Some(path) = chart {
-                    report::chart(&results, &path)?;
-                }
-                Ok(())
+/// Runs one `bus bench` command. `invocation` is how this program runs a bench subcommand
+/// (the arguments before it, e.g. `["bench"]`), for the soak's consumer processes.
+pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), String> {
+    match command {
+        BenchCommand::Compare {
+            common,
+            runs,
+            no_python,
+            chart,
+        } => {
+            let mut results = compare(&common, runs, !no_python).await?;
+            label_allocator(&mut results);
+            print(&results, common.json);
+            if let Some(path) = chart {
+                report::chart(&results, &path)?;
             }
-            Command::Run { common, client } => {
-                let params = common.params()?;
-                let running = Running::start(common.backend);
-                let mut result = [run_client(&running.broker(), client, &params).await?];
-                label_allocator(&mut result);
-                print(&result, common.json);
-                Ok(())
+            Ok(())
+        }
+        BenchCommand::Run { common, client } => {
+            let params = common.params()?;
+            let running = Running::start(common.backend);
+            let mut result = [run_client(&running.broker(), client, &params).await?];
+            label_allocator(&mut result);
+            print(&result, common.json);
+            Ok(())
+        }
+        BenchCommand::Backpressure {
+            messages,
+            payload,
+            max_queued_bytes,
+            stall_secs,
+            json,
+        } => {
+            if payload < HEADER_BYTES {
+                return Err(format!("--payload must be at least {HEADER_BYTES}"));
             }
-            Command::Backpressure {
+            let report = scenarios::backpressure(
                 messages,
                 payload,
                 max_queued_bytes,
-                stall_secs,
-                json,
-            } => {
-                if payload < HEADER_BYTES {
-                    return Err(format!("--payload must be at least {HEADER_BYTES}"));
-                }
-                let report = scenarios::backpressure(
-                    messages,
-                    payload,
-                    max_queued_bytes,
-                    Duration::from_secs(stall_secs),
-                )
-                .await;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&report).map_err(|e| e.to_string())?
-                    );
-                } else {
-                    println!("{report:#?}");
-                }
-                if report.delivered != messages {
-                    return Err(format!(
-                        "{} of {messages} messages lost",
-                        messages - report.delivered
-                    ));
-                }
-                Ok(())
-            }
-            Command::LossCheck {
-                messages,
-                payload,
-                json,
-            } => {
-                let results = scenarios::mosquitto_queue_limit(messages, payload).await;
-                for result in &results {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string(result).map_err(|e| e.to_string())?
-                        );
-                    } else {
-                        println!(
-                            "{:<48} {:>8} published {:>8} delivered {:>8} lost",
-                            result.config, result.messages, result.delivered, result.lost
-                        );
-                    }
-                }
-                match results.first() {
-                    Some(shipped) if shipped.lost > 0 => Err(format!(
-                        "the shipped Mosquitto config lost {} of {messages} messages",
-                        shipped.lost
-                    )),
-                    _ => Ok(()),
-                }
-            }
-            Command::Soak {
-                backend,
-                minutes,
-                publishers,
-                rate,
-                subscriptions,
-                consumers,
-                fault_every,
-                faults,
-                broker_config,
-                measure_loss,
-                away,
-                json,
-            } => {
-                if publishers == 0 || subscriptions == 0 || consumers == 0 || rate == 0 {
-                    return Err(
-                        "--publishers, --subscriptions, --consumers and --rate must be at least 1"
-                            .into(),
-                    );
-                }
-                if !(minutes > 0.0 && fault_every > 0.0) {
-                    return Err("--minutes and --fault-every must be positive".into());
-                }
-                let backend = match backend {
-                    Backend::Memory => "memory",
-                    Backend::Mqtt => "mqtt",
-                    Backend::Gcp => "gcp",
-                };
-                let params = soak::SoakParams {
-                    backend,
-                    duration: Duration::from_secs_f64(minutes * 60.0),
-                    publishers,
-                    rate,
-                    subscriptions,
-                    consumers,
-                    fault_every: Duration::from_secs_f64(fault_every),
-                    faults: if faults.is_empty() {
-                        soak::Fault::defaults(backend)
-                    } else {
-                        faults
-                    },
-                    broker_config: broker_config.map(|lines| lines.replace("\\n", "\n")),
-                    away,
-                };
-                let report = soak::soak(params).await?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&report).map_err(|e| e.to_string())?
-                    );
-                } else {
-                    print!("{}", soak::table(&report));
-                }
-                match report.lost() {
-                    0 => Ok(()),
-                    _ if measure_loss => Ok(()),
-                    lost => Err(format!("{lost} messages lost")),
-                }
-            }
-            Command::SoakConsumer {
-                topic,
-                subscription,
-            } => soak::consumer(&topic, &subscription).await,
-            Command::MemoryBudget {
-                payload,
-                max_queued_bytes,
-            } => {
-                if payload < HEADER_BYTES {
-                    return Err(format!("--payload must be at least {HEADER_BYTES}"));
-                }
-                let report = scenarios::memory_budget(payload, max_queued_bytes).await;
+                Duration::from_secs(stall_secs),
+            )
+            .await;
+            if json {
                 println!(
                     "{}",
                     serde_json::to_string(&report).map_err(|e| e.to_string())?
                 );
-                Ok(())
+            } else {
+                println!("{report:#?}");
             }
-            Command::Chart { input, output } => {
-                let text = std::fs::read_to_string(&input)
-                    .map_err(|e| format!("{}: {e}", input.display()))?;
-                let results: Vec<BenchResult> = text
-                    .lines()
-                    .filter(|l| l.trim_start().starts_with('{'))
-                    .map(serde_json::from_str)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("{}: {e}", input.display()))?;
-                report::chart(&results, &output)
+            if report.delivered != messages {
+                return Err(format!(
+                    "{} of {messages} messages lost",
+                    messages - report.delivered
+                ));
+            }
+            Ok(())
+        }
+        BenchCommand::LossCheck {
+            messages,
+            payload,
+            json,
+        } => {
+            let results = scenarios::mosquitto_queue_limit(messages, payload).await;
+            for result in &results {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(result).map_err(|e| e.to_string())?
+                    );
+                } else {
+                    println!(
+                        "{:<48} {:>8} published {:>8} delivered {:>8} lost",
+                        result.config, result.messages, result.delivered, result.lost
+                    );
+                }
+            }
+            match results.first() {
+                Some(shipped) if shipped.lost > 0 => Err(format!(
+                    "the shipped Mosquitto config lost {} of {messages} messages",
+                    shipped.lost
+                )),
+                _ => Ok(()),
             }
         }
-    });
-    if let Err(message) = outcome {
-        eprintln!("bus-bench: {message}");
-        std::process::exit(1);
+        BenchCommand::Soak {
+            backend,
+            minutes,
+            publishers,
+            rate,
+            subscriptions,
+            consumers,
+            fault_every,
+            faults,
+            broker_config,
+            measure_loss,
+            away,
+            json,
+        } => {
+            if publishers == 0 || subscriptions == 0 || consumers == 0 || rate == 0 {
+                return Err(
+                    "--publishers, --subscriptions, --consumers and --rate must be at least 1"
+                        .into(),
+                );
+            }
+            if !(minutes > 0.0 && fault_every > 0.0) {
+                return Err("--minutes and --fault-every must be positive".into());
+            }
+            let backend = match backend {
+                Backend::Memory => "memory",
+                Backend::Mqtt => "mqtt",
+                Backend::Gcp => "gcp",
+            };
+            let params = soak::SoakParams {
+                backend,
+                duration: Duration::from_secs_f64(minutes * 60.0),
+                publishers,
+                rate,
+                subscriptions,
+                consumers,
+                fault_every: Duration::from_secs_f64(fault_every),
+                faults: if faults.is_empty() {
+                    soak::Fault::defaults(backend)
+                } else {
+                    faults
+                },
+                broker_config: broker_config.map(|lines| lines.replace("\\n", "\n")),
+                away,
+            };
+            let report = soak::soak(params, invocation).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", soak::table(&report));
+            }
+            match report.lost() {
+                0 => Ok(()),
+                _ if measure_loss => Ok(()),
+                lost => Err(format!("{lost} messages lost")),
+            }
+        }
+        BenchCommand::SoakConsumer {
+            topic,
+            subscription,
+        } => soak::consumer(&topic, &subscription).await,
+        BenchCommand::MemoryBudget {
+            payload,
+            max_queued_bytes,
+        } => {
+            if payload < HEADER_BYTES {
+                return Err(format!("--payload must be at least {HEADER_BYTES}"));
+            }
+            let report = scenarios::memory_budget(payload, max_queued_bytes).await;
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        BenchCommand::Chart { input, output } => {
+            let text =
+                std::fs::read_to_string(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let results: Vec<BenchResult> = text
+                .lines()
+                .filter(|l| l.trim_start().starts_with('{'))
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", input.display()))?;
+            report::chart(&results, &output)
+        }
     }
 }

@@ -25,7 +25,7 @@ pub fn python() -> Result<PathBuf, String> {
         return Ok(python);
     }
     eprintln!(
-        "bus-bench: installing the Python baselines into .venv (bench/peers/requirements.txt)"
+        "bus bench: installing the Python baselines into .venv (bench/peers/requirements.txt)"
     );
     if !python.exists() {
         let made = Command::new("python3")

@@ -87,7 +87,7 @@ pub fn chart(results: &[BenchResult], path: &Path) -> Result<(), String> {
     let max = bars.iter().map(|(_, v)| *v).fold(1.0, f64::max) * 2.0;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "bus-bench: end-to-end msgs/s (log scale, median of runs)",
+            "bus bench: end-to-end msgs/s (log scale, median of runs)",
             ("sans-serif", 18),
         )
         .margin(10)

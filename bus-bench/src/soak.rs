@@ -303,6 +303,8 @@ enum Consumer {
 }
 
 struct Consumers {
+    /// How this program runs a bench subcommand (`bus bench ...`).
+    invocation: Vec<String>,
     target: Arc<Target>,
     ledger: Arc<Ledger>,
     slots: Vec<(String, String, Option<Consumer>)>,
@@ -342,6 +344,7 @@ impl Consumers {
             target => {
                 let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
                 command
+                    .args(&self.invocation)
                     .args([
                         "soak-consumer",
                         "--topic",
@@ -424,7 +427,7 @@ impl Consumers {
 }
 
 /// Runs a soak and returns its report (the caller fails on any loss).
-pub async fn soak(params: SoakParams) -> Result<SoakReport, String> {
+pub async fn soak(params: SoakParams, invocation: &[String]) -> Result<SoakReport, String> {
     for fault in &params.faults {
         let supported = match fault {
             Fault::Restart | Fault::KillBroker => params.backend == "mqtt",
@@ -433,7 +436,7 @@ pub async fn soak(params: SoakParams) -> Result<SoakReport, String> {
         };
         if !supported {
             return Err(format!(
-                "the {} backend cannot take the fault {fault:?} (see `bus-bench soak --help`)",
+                "the {} backend cannot take the fault {fault:?} (see `bus bench soak --help`)",
                 params.backend
             ));
         }
@@ -454,6 +457,7 @@ pub async fn soak(params: SoakParams) -> Result<SoakReport, String> {
         _ => None,
     };
     let mut consumers = Consumers {
+        invocation: invocation.to_vec(),
         target: target.clone(),
         ledger: ledger.clone(),
         slots: names

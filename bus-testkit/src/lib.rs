@@ -29,6 +29,7 @@ pub mod fault_proxy;
 pub mod faults;
 pub mod mosquitto;
 pub mod process;
+pub mod program;
 
 /// Shows the library's logs in test output (captured per test, like `println!`), filtered by
 /// `RUST_LOG` (default `warn`). Call it first in a test; later calls do nothing.

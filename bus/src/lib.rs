@@ -124,6 +124,9 @@ pub struct Config {
     /// read them with [`Config::section`]`("app")`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<figment::value::Dict>,
+    /// `[bridge]`: the routes of `bus bridge` (see the `bus` command line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<figment::value::Dict>,
     /// Where the configuration came from, for error messages and backend sections.
     #[serde(skip)]
     origin: Origin,
@@ -140,6 +143,7 @@ impl std::fmt::Debug for Config {
             .field("gcp", &self.gcp.as_ref().map(redacted))
             .field("cloudevents", &self.cloudevents)
             .field("app", &self.app.as_ref().map(redacted))
+            .field("bridge", &self.bridge.as_ref().map(redacted))
             .finish()
     }
 }
@@ -166,7 +170,11 @@ fn redacted(dict: &Dict) -> std::collections::BTreeMap<String, String> {
 /// stays the text it is (`BUS_MQTT__PASSWORD=123456789` is a password, not a number; numeric
 /// settings are parsed from text when extracted). `BUS_CONFIG`, `BUS_LOG` and `BUS_TEST_*` are
 /// not config keys.
-struct BusEnv;
+#[derive(Debug, Default)]
+struct BusEnv {
+    /// Variables given in code instead of the process environment.
+    given: Option<Vec<(String, String)>>,
+}
 
 impl Provider for BusEnv {
     fn metadata(&self) -> Metadata {
@@ -175,10 +183,15 @@ impl Provider for BusEnv {
 
     fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
         let mut root = Dict::new();
-        for (key, value) in std::env::vars_os() {
-            let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
-                continue;
-            };
+        let vars: Vec<(String, String)> = match &self.given {
+            Some(given) => given.clone(),
+            None => std::env::vars_os()
+                .filter_map(|(key, value)| {
+                    Some((key.into_string().ok()?, value.into_string().ok()?))
+                })
+                .collect(),
+        };
+        for (key, value) in &vars {
             let Some(rest) = key.strip_prefix("BUS_") else {
                 continue;
             };
@@ -188,7 +201,7 @@ impl Provider for BusEnv {
                 continue;
             }
             let path: Vec<&str> = lower.split("__").collect();
-            insert(&mut root, &path, Value::from(value.to_string()));
+            insert(&mut root, &path, Value::from(value.clone()));
         }
         Ok(Profile::Default.collect(root))
     }
@@ -217,6 +230,7 @@ fn insert(dict: &mut Dict, path: &[&str], value: Value) {
 /// An unknown key is an error in every backend section that is there, not only in the one the
 /// chosen backend reads (where this build knows the backend).
 fn check_backend_sections(figment: &Figment) -> Result<()> {
+    #[cfg_attr(not(any(feature = "mqtt", feature = "gcp")), allow(dead_code))]
     fn unknown_keys<T: serde::de::DeserializeOwned>(figment: &Figment, key: &str) -> Result<()> {
         if !figment.contains(key) {
             return Ok(());
@@ -328,7 +342,28 @@ impl Config {
     /// The figment the loaders use: the TOML file (optional) merged with `BUS_*` variables.
     /// Add providers to it and pass it to [`Config::from_figment`] to customise loading.
     pub fn figment(path: &Path) -> Figment {
-        Figment::new().merge(Toml::file(path)).merge(BusEnv)
+        Figment::new()
+            .merge(Toml::file(path))
+            .merge(BusEnv::default())
+    }
+
+    /// The config a process would load with exactly these environment variables and no config
+    /// file (`BUS_*` only; others are ignored): for tests, and for code that prepares the
+    /// environment of the services it starts.
+    ///
+    /// ```
+    /// let config = bus::Config::from_env_vars([("BUS_BACKEND", "mqtt"), ("HOME", "/root")])?;
+    /// assert_eq!(config.backend, bus::BackendKind::Mqtt);
+    /// # Ok::<(), bus::Error>(())
+    /// ```
+    pub fn from_env_vars<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Config> {
+        let given = vars
+            .into_iter()
+            .map(|(key, value)| (key.into(), value.into()))
+            .collect();
+        Config::from_figment(Figment::new().merge(BusEnv { given: Some(given) }))
     }
 
     /// Extracts a config from any figment, turning its errors into [`ErrorKind::Config`]

@@ -11,7 +11,7 @@ use bus::cloudevents::AttributesReader;
 use bus::Topic;
 use bus_examples::schema::{Verdict, PATCH_EVALUATION_TYPE};
 use bus_testkit::mosquitto::Mosquitto;
-use common::{BrokerEnv, Example};
+use common::{binary, BrokerEnv, Example};
 
 const PROGRAMS: [&str; 3] = ["boflow1", "boflow2", "fmtcat"];
 
@@ -86,35 +86,31 @@ async fn four_services_on_the_pubsub_emulator() {
     four_services(BrokerEnv::emulator(), "structured", &[]).await;
 }
 
-/// `pubsub-emulator/bootstrap.sh`, run natively against the installed emulator, creates
-/// exactly what the services need: they then run with provisioning off.
+/// `bus provision pubsub-emulator/provision.toml`, what the emulator image runs at start, run
+/// natively against the installed emulator (twice: it is idempotent), creates exactly what the
+/// services need: they then run with provisioning off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_emulator_bootstrap_creates_what_the_services_use() {
+async fn the_emulator_provisioning_creates_what_the_services_use() {
     let env = BrokerEnv::emulator();
-    let var = |name: &str| {
-        env.vars
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap()
-    };
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pubsub-emulator/bootstrap.sh");
+    let plan =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pubsub-emulator/provision.toml");
     for run in ["creates", "finds existing"] {
-        let output = std::process::Command::new("sh")
-            .arg(&script)
-            .env("PUBSUB_EMULATOR_HOST", var("PUBSUB_EMULATOR_HOST"))
-            .env("PUBSUB_PROJECT_ID", var("BUS_GCP__PROJECT"))
+        let mut command = std::process::Command::new(binary("bus"));
+        bus_testkit::program::clear_bus_environment(&mut command);
+        let output = command
+            .args(["--backend", "gcp", "provision"])
+            .arg(&plan)
+            .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
-            .expect("run bootstrap.sh");
+            .expect("run bus provision");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "bootstrap ({run}): {stdout}{}",
+            "provision ({run}): {stdout}{}",
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(
-            stdout.contains("subscriptions/patch-evaluation++autopatch+scrash_detail"),
+            stdout.contains("subscription patch-evaluation on autopatch/crash_detail (ack deadline 600 s): ready"),
             "{stdout}"
         );
     }

@@ -1,19 +1,14 @@
 //! Running the example binaries as processes against real brokers, and reading what they print.
 #![allow(dead_code)] // Each test binary uses part of this.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use bus_testkit::emulator::PubSubEmulator;
 use bus_testkit::mosquitto::Mosquitto;
-
-/// How long a step of an example may take before the test fails.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+#[allow(unused_imports)] // Used by some of the test binaries.
+pub use bus_testkit::program::STEP_TIMEOUT;
+use bus_testkit::program::{clear_bus_environment, Program};
 
 /// The `BUS_*` environment that points an example at one broker.
 #[derive(Debug, Clone)]
@@ -73,44 +68,32 @@ impl BrokerEnv {
 
     /// A bus config for the test process itself, on the same broker.
     pub fn config(&self) -> bus::Config {
-        let vars: HashMap<_, _> = self.vars.iter().cloned().collect();
-        let mut figment = figment::Figment::new();
-        for (key, value) in &vars {
-            if let Some(path) = key.strip_prefix("BUS_") {
-                let path = path.to_ascii_lowercase().replace("__", ".");
-                figment = figment.merge(figment::providers::Serialized::default(&path, value));
-            }
+        let mut vars = self.vars.clone();
+        if let Some((_, host)) = vars.iter().find(|(k, _)| k == "PUBSUB_EMULATOR_HOST") {
+            vars.push(("BUS_GCP__ENDPOINT".into(), format!("http://{host}")));
         }
-        if let Some(host) = vars.get("PUBSUB_EMULATOR_HOST") {
-            figment = figment.merge(figment::providers::Serialized::default(
-                "gcp.endpoint",
-                format!("http://{host}"),
-            ));
-        }
-        figment = figment.merge(figment::providers::Serialized::default(
-            "mqtt.client_id",
+        vars.push((
+            "BUS_MQTT__CLIENT_ID".into(),
             format!("test-{}", uuid::Uuid::new_v4().simple()),
         ));
-        bus::Config::from_figment(figment).expect("test config")
+        bus::Config::from_env_vars(vars).expect("test config")
     }
 }
 
-/// One line an example printed, and on which stream.
-#[derive(Debug, Clone)]
-pub struct Line {
-    /// `stdout` or `stderr`.
-    pub stream: &'static str,
-    /// The text.
-    pub text: String,
+/// An example binary (or Python script) running as a child process; killed when dropped.
+pub struct Example(Program);
+
+impl std::ops::Deref for Example {
+    type Target = Program;
+    fn deref(&self) -> &Program {
+        &self.0
+    }
 }
 
-/// An example binary running as a child process; killed when dropped.
-pub struct Example {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<Line>,
-    /// Everything read so far, for failure messages and assertions.
-    pub seen: Arc<Mutex<Vec<Line>>>,
+impl std::ops::DerefMut for Example {
+    fn deref_mut(&mut self) -> &mut Program {
+        &mut self.0
+    }
 }
 
 /// The Python with paho-mqtt 2.1 and cloudevents: `BUS_TEST_PYTHON`, or the workspace's
@@ -131,10 +114,17 @@ pub fn python() -> PathBuf {
     python
 }
 
-/// The path of an example binary built by Cargo for this test.
+/// The path of a binary built by Cargo for this test: the examples, and `bus` (built by
+/// `cargo test --workspace`, or `cargo build -p bus-cli`).
 pub fn binary(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_consume"));
-    dir.with_file_name(name)
+    let path = dir.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the workspace's tests (cargo test --workspace) or cargo build -p bus-cli",
+        path.display()
+    );
+    path
 }
 
 impl Example {
@@ -166,15 +156,7 @@ impl Example {
     }
 
     fn spawn(name: &str, mut command: Command, env: &BrokerEnv) -> Example {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("BUS_") || key == "PUBSUB_EMULATOR_HOST" {
-                command.env_remove(key);
-            }
-        }
+        clear_bus_environment(&mut command);
         command.envs(env.vars.iter().map(|(k, v)| (k, v)));
         // patch-evaluation keeps its join state in a file: a fresh one per start, unless the
         // test names one (to restart on the same state).
@@ -185,128 +167,12 @@ impl Example {
             ));
             command.env("BUS_APP__STATE_FILE", state);
         }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let (tx, lines) = mpsc::channel();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        for (stream, reader) in [
-            ("stdout", Box::new(stdout) as Box<dyn std::io::Read + Send>),
-            ("stderr", Box::new(stderr)),
-        ] {
-            let (tx, seen, name) = (tx.clone(), seen.clone(), name.to_string());
-            std::thread::spawn(move || {
-                for text in BufReader::new(reader).lines().map_while(Result::ok) {
-                    eprintln!("[{name} {stream}] {text}");
-                    let line = Line { stream, text };
-                    seen.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Example {
-            name: name.to_string(),
-            child,
-            lines,
-            seen,
-        }
-    }
-
-    /// Waits for a line containing `needle` on `stream`; panics with everything printed so
-    /// far if it does not come within [`STEP_TIMEOUT`].
-    pub fn expect_line(&self, stream: &str, needle: &str) -> String {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.stream == stream && line.text.contains(needle) => {
-                    return line.text
-                }
-                Ok(_) => continue,
-                Err(_) => panic!(
-                    "{} did not print {needle:?} on {stream} within {STEP_TIMEOUT:?}; it printed:\n{}",
-                    self.name,
-                    self.transcript()
-                ),
-            }
-        }
-    }
-
-    /// Everything printed so far.
-    pub fn transcript(&self) -> String {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| format!("[{}] {}\n", l.stream, l.text))
-            .collect()
+        Example(Program::spawn(name, command))
     }
 
     /// The lines printed on stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.stream == "stdout")
-            .map(|l| l.text.clone())
-            .collect()
-    }
-
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.name);
-    }
-
-    /// Sends SIGKILL: the process dies at once, without closing anything.
-    pub fn kill(&mut self) {
-        self.child.kill().expect("kill the example");
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to exit; panics if it does not within [`STEP_TIMEOUT`].
-    pub fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for example") {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(100));
-                while self.lines.try_recv().is_ok() {}
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} did not exit within {STEP_TIMEOUT:?}; it printed:\n{}",
-                    self.name,
-                    self.transcript()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for a successful exit.
-    pub fn wait_success(&mut self) {
-        let status = self.wait();
-        assert!(
-            status.success(),
-            "{} exited with {status}; it printed:\n{}",
-            self.name,
-            self.transcript()
-        );
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.lines_of("stdout")
     }
 }
 

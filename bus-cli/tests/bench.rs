@@ -4,14 +4,15 @@
 use std::process::Command;
 
 fn bench(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_bus-bench"))
+    let output = Command::new(env!("CARGO_BIN_EXE_bus"))
+        .arg("bench")
         .args(args)
         .output()
-        .expect("run bus-bench");
+        .expect("run bus bench");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "bus-bench {args:?}: {stdout}{}",
+        "bus bench {args:?}: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
     stdout

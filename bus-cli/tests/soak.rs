@@ -1,12 +1,13 @@
 //! The chaos soak, one minute per backend: every message reaches every subscription while the
-//! broker restarts, connections are cut and consumer processes are killed (`bus-bench soak`;
+//! broker restarts, connections are cut and consumer processes are killed (`bus bench soak`;
 //! the 10-minute figures are in RELIABILITY.md).
 
 use std::process::Command;
 
 fn soak(backend: &str) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_bus-bench"))
+    let output = Command::new(env!("CARGO_BIN_EXE_bus"))
         .args([
+            "bench",
             "soak",
             "--backend",
             backend,
@@ -17,11 +18,11 @@ fn soak(backend: &str) -> serde_json::Value {
             "--json",
         ])
         .output()
-        .expect("run bus-bench soak");
+        .expect("run bus bench soak");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "bus-bench soak --backend {backend} failed: {stdout}{}",
+        "bus bench soak --backend {backend} failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
     eprintln!("soak {backend}: {stdout}");
