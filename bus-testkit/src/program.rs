@@ -174,3 +174,24 @@ impl Drop for Program {
         let _ = self.child.wait();
     }
 }
+
+/// The Python the interop tests run: `BUS_TEST_PYTHON`, or the workspace's `.venv` that
+/// `scripts/test-all.sh` creates (with paho-mqtt 2.1, cloudevents and google-cloud-pubsub).
+/// Panics saying how to get it if it cannot import `modules` (comma-separated).
+pub fn test_python(modules: &str) -> std::path::PathBuf {
+    let python = std::env::var_os("BUS_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
+        });
+    let ready = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "the interop tests need {} able to import {modules}: run scripts/test-all.sh (it creates .venv), or python3 -m venv .venv && .venv/bin/pip install paho-mqtt==2.1.0 cloudevents google-cloud-pubsub, or point BUS_TEST_PYTHON at such a Python",
+        python.display()
+    );
+    python
+}

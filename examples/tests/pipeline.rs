@@ -9,11 +9,39 @@ use std::time::Duration;
 
 use bus::cloudevents::AttributesReader;
 use bus::Topic;
-use bus_examples::schema::{Verdict, PATCH_EVALUATION_TYPE};
+use bus_examples::schema::{PatchEvaluation, Verdict, PATCH_EVALUATION_TYPE};
 use bus_testkit::mosquitto::Mosquitto;
 use common::{binary, BrokerEnv, Example};
 
 const PROGRAMS: [&str; 3] = ["boflow1", "boflow2", "fmtcat"];
+
+/// Reads evaluations until one per program arrived; each must say `fixed`.
+async fn expect_three_fixed(
+    evaluations: &bus::cloudevents::EventSubscription<PatchEvaluation>,
+    name: &str,
+) {
+    let mut seen = BTreeMap::new();
+    while seen.len() < PROGRAMS.len() {
+        let evaluation = tokio::time::timeout(Duration::from_secs(120), evaluations.receive())
+            .await
+            .unwrap_or_else(|_| panic!("{}: evaluations missing, got {seen:?}", name))
+            .expect("an evaluation event");
+        assert_eq!(evaluation.event.ty(), PATCH_EVALUATION_TYPE);
+        seen.insert(
+            evaluation.data.executable_name.clone(),
+            evaluation.data.clone(),
+        );
+        evaluation.ack().await.unwrap();
+    }
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        PROGRAMS
+    );
+    for evaluation in seen.values() {
+        assert_eq!(evaluation.verdict, Verdict::Fixed, "{evaluation:?}");
+        assert_eq!(evaluation.llm_name, "offline-stub");
+    }
+}
 
 /// Runs the four services on `env` (plus `service_vars` for the services only) and checks
 /// the evaluations they publish.
@@ -37,27 +65,7 @@ async fn four_services(env: BrokerEnv, producer_mode: &str, service_vars: &[(&st
     fuzzer.wait_success();
     scanner.wait_success();
 
-    let mut seen = BTreeMap::new();
-    while seen.len() < PROGRAMS.len() {
-        let evaluation = tokio::time::timeout(Duration::from_secs(120), evaluations.receive())
-            .await
-            .unwrap_or_else(|_| panic!("{}: evaluations missing, got {seen:?}", env.name))
-            .expect("an evaluation event");
-        assert_eq!(evaluation.event.ty(), PATCH_EVALUATION_TYPE);
-        seen.insert(
-            evaluation.data.executable_name.clone(),
-            evaluation.data.clone(),
-        );
-        evaluation.ack().await.unwrap();
-    }
-    assert_eq!(
-        seen.keys().map(String::as_str).collect::<Vec<_>>(),
-        PROGRAMS
-    );
-    for evaluation in seen.values() {
-        assert_eq!(evaluation.verdict, Verdict::Fixed, "{evaluation:?}");
-        assert_eq!(evaluation.llm_name, "offline-stub");
-    }
+    expect_three_fixed(&evaluations, env.name).await;
 
     // patch-evaluation stops by itself after the three it expects, with its summary.
     evaluator.wait_success();
@@ -243,4 +251,69 @@ fn running_as_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
+/// A pipeline half-way through its move to Pub/Sub: fuzzing-service and cpg-generator still on
+/// Mosquitto, llm-dispatch and patch-evaluation already on the emulator, and `bus bridge`
+/// carrying crash_detail and cpg-scan-result across (binary-mode CloudEvents, whose attributes
+/// change binding on the way). All three programs are evaluated, on Pub/Sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_pipeline_runs_across_the_bridge() {
+    let broker = Mosquitto::start();
+    let mqtt = BrokerEnv::mosquitto(&broker);
+    let gcp = BrokerEnv::emulator();
+    let bus = bus::connect(&gcp.config()).await.expect("test connects");
+    let evaluations = common::observe_evaluations(&bus).await;
+
+    let mut evaluator = Example::start(
+        "patch-evaluation",
+        &[],
+        &gcp.with(&[("BUS_APP__EXPECT", "3")]),
+    );
+    let mut dispatch = Example::start("llm-dispatch", &[], &gcp);
+    evaluator.expect_line("stdout", "ready");
+    dispatch.expect_line("stdout", "ready");
+
+    let mut both = mqtt.clone();
+    both.vars
+        .extend(gcp.vars.iter().filter(|(k, _)| k != "BUS_BACKEND").cloned());
+    let mut bridge = Example::start(
+        "bus",
+        &[
+            "bridge",
+            "--from",
+            "mqtt",
+            "--to",
+            "gcp",
+            "--topic",
+            "autopatch/crash_detail",
+            "--topic",
+            "autopatch/cpg-scan-result",
+        ],
+        &both,
+    );
+    bridge.expect_line("stdout", "bus bridge: ready");
+
+    let producers = mqtt.with(&[("BUS_CLOUDEVENTS__MODE", "binary")]);
+    let mut fuzzer = Example::start("fuzzing-service", &[], &producers);
+    let mut scanner = Example::start("cpg-generator", &[], &producers);
+    fuzzer.wait_success();
+    scanner.wait_success();
+
+    expect_three_fixed(&evaluations, "split").await;
+    evaluator.wait_success();
+    assert!(evaluator.transcript().contains("3 of 3 fixed"));
+    dispatch.terminate();
+    dispatch.wait_success();
+    bridge.terminate();
+    bridge.wait_success();
+    assert!(
+        bridge
+            .transcript()
+            .contains("bus bridge: stopped: 6 carried, 0 not sent back"),
+        "{}",
+        bridge.transcript()
+    );
+    evaluations.close().await.unwrap();
+    bus.close().await.unwrap();
 }

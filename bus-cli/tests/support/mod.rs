@@ -239,22 +239,9 @@ pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
-/// A Python with paho-mqtt, cloudevents and Google's Pub/Sub client: `BUS_TEST_PYTHON`, or the
-/// workspace's `.venv` that the test script creates. Panics saying how to get it.
+/// The Python with the libraries these tests use (see [`bus_testkit::program::test_python`]).
 pub fn python() -> PathBuf {
-    let python = std::env::var_os("BUS_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    let ready = Command::new(&python)
-        .args(["-c", "import paho.mqtt, google.cloud.pubsub_v1"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ready,
-        "the interop tests need {} with paho-mqtt 2.1 and google-cloud-pubsub: run scripts/test-all.sh (it creates .venv), or .venv/bin/pip install paho-mqtt==2.1.0 google-cloud-pubsub, or point BUS_TEST_PYTHON at such a Python",
-        python.display()
-    );
-    python
+    bus_testkit::program::test_python("paho.mqtt, google.cloud.pubsub_v1")
 }
 
 /// Runs a Python program with `env`'s variables; returns its stdout, panicking on failure.

@@ -96,22 +96,9 @@ impl std::ops::DerefMut for Example {
     }
 }
 
-/// The Python with paho-mqtt 2.1 and cloudevents: `BUS_TEST_PYTHON`, or the workspace's
-/// `.venv` that the test script creates. Panics saying how to get it.
+/// The Python with the libraries these tests use (see [`bus_testkit::program::test_python`]).
 pub fn python() -> PathBuf {
-    let python = std::env::var_os("BUS_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    let ready = Command::new(&python)
-        .args(["-c", "import paho.mqtt, cloudevents.conversion"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ready,
-        "the Python interop tests need {} with paho-mqtt 2.1 and cloudevents: run scripts/test-all.sh (it creates .venv), or python3 -m venv .venv && .venv/bin/pip install paho-mqtt==2.1.0 cloudevents, or point BUS_TEST_PYTHON at such a Python",
-        python.display()
-    );
-    python
+    bus_testkit::program::test_python("paho.mqtt, cloudevents.conversion")
 }
 
 /// The path of a binary built by Cargo for this test: the examples, and `bus` (built by
