@@ -39,7 +39,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::{Failure, Shutdown};
+use crate::{Failure, Shutdown, Stdout};
 
 /// The attribute naming the backend a bridged message came from (the loop guard).
 pub const ORIGIN_ATTRIBUTE: &str = "bus-bridge-origin";
@@ -255,7 +255,7 @@ pub async fn run(config: &Config, args: BridgeArgs, shutdown: &Shutdown) -> Resu
     }
     .await;
     if outcome.is_ok() {
-        println!("bus bridge: ready: {}", described.join("; "));
+        Stdout::new().line(format!("bus bridge: ready: {}", described.join("; ")).as_bytes());
     }
     // Runs until a signal or until a subscription fails for good.
     let mut failure = outcome.err();
@@ -294,11 +294,15 @@ pub async fn run(config: &Config, args: BridgeArgs, shutdown: &Shutdown) -> Resu
     for backend in backends.values() {
         let _ = backend.close().await;
     }
-    println!(
-        "bus bridge: stopped: {} carried, {} not sent back (loop guard), {} refused by the destination",
-        tally.carried.load(Ordering::Relaxed),
-        tally.guarded.load(Ordering::Relaxed),
-        tally.refused.load(Ordering::Relaxed)
+    // Whoever read stdout may be gone by now (`bus bridge | head -1`): not worth a panic.
+    Stdout::new().line(
+        format!(
+            "bus bridge: stopped: {} carried, {} not sent back (loop guard), {} refused by the destination",
+            tally.carried.load(Ordering::Relaxed),
+            tally.guarded.load(Ordering::Relaxed),
+            tally.refused.load(Ordering::Relaxed)
+        )
+        .as_bytes(),
     );
     failure.map_or(Ok(()), Err)
 }

@@ -39,8 +39,9 @@ struct Cli {
     /// The config file (default: BUS_CONFIG, else bus.toml if it exists).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The backend, overriding the config's `backend`.
-    #[arg(long, global = true, value_enum)]
+    /// The backend, overriding the config's `backend` (before the subcommand: `bus --backend
+    /// gcp sub ...`; `bus bench` subcommands take their own).
+    #[arg(long, value_enum)]
     backend: Option<Backend>,
     #[command(subcommand)]
     command: Command,
@@ -215,10 +216,18 @@ fn usage_error(error: clap::Error) -> ExitCode {
     let subcommand = std::env::args()
         .skip(1)
         .find(|arg| ["pub", "sub", "provision", "bridge", "bench"].contains(&arg.as_str()));
-    let command = match subcommand {
+    let command = match &subcommand {
         Some(subcommand) => format!("bus {subcommand}"),
         None => "bus".to_string(),
     };
+    if problem.contains("unexpected argument '--backend'") {
+        // Only `bus bench` subcommands take --backend after the subcommand.
+        eprintln!(
+            "bus: --backend goes before the subcommand: `bus --backend BACKEND {}` (see `bus --help`)",
+            subcommand.as_deref().unwrap_or("...")
+        );
+        return ExitCode::from(2);
+    }
     eprintln!("bus: {problem} (see `{command} --help`)");
     ExitCode::from(2)
 }

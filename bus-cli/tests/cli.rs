@@ -327,6 +327,10 @@ fn bad_usage_is_one_line_and_exit_status_2() {
             vec!["seconds"],
         ),
         (
+            vec!["pub", "--backend", "mqtt", "t", "x"],
+            vec!["--backend goes before the subcommand"],
+        ),
+        (
             vec!["--backend", "memory", "pub", "t", "x"],
             vec!["memory backend lives inside one process", "--backend mqtt"],
         ),
