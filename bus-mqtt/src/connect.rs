@@ -157,6 +157,8 @@ pub(crate) struct Connection {
     stop: CancellationToken,
     url: String,
     username: Option<String>,
+    /// Why the connection was last lost, for the error of what waits for it.
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -246,6 +248,7 @@ impl Connection {
                 stop,
                 url: config.url.clone(),
                 username: config.username.clone(),
+                last_error,
             }),
             State::Failed(kind, message) => {
                 stop.cancel();
@@ -292,14 +295,20 @@ impl Connection {
                 _ => Err(self.unusable_error()),
             },
             Ok(Err(_)) => Err(self.unusable_error()),
-            Err(_) => Err(Error::new(
-                ErrorKind::Unavailable,
-                BACKEND,
-                format!(
-                    "the MQTT broker at {} has been unreachable for too long; is it running?",
-                    self.url
-                ),
-            )),
+            Err(_) => {
+                let last = lock(&self.last_error)
+                    .as_ref()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default();
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    BACKEND,
+                    format!(
+                        "no connection to the MQTT broker at {} before the deadline{last}; is it running, and reachable in time?",
+                        self.url
+                    ),
+                ))
+            }
         }
     }
 

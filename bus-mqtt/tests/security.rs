@@ -82,12 +82,15 @@ fn config(password: &str) -> MqttConfig {
     let broker = secure_broker();
     MqttConfig {
         url: format!("mqtts://127.0.0.1:{}", broker.port()),
-        client_id: format!("secure-{}", std::process::id()),
+        // One per connection: tests run side by side, and two connections with one client id
+        // take each other's session over (each then sees its connection lost).
+        client_id: format!("secure-{}", uuid::Uuid::new_v4().simple()),
         username: Some(USER.into()),
         password: Some(Secret::new(password)),
         ca_file: Some(broker.dir().join("ca.pem")),
-        connect_timeout_ms: 5_000,
-        publish_timeout_ms: 5_000,
+        // Generous: a TLS handshake on a loaded 2-core box can take seconds.
+        connect_timeout_ms: 20_000,
+        publish_timeout_ms: 20_000,
         ..MqttConfig::default()
     }
 }
