@@ -131,6 +131,25 @@ pub enum BenchCommand {
         #[arg(long)]
         subscription: String,
     },
+    /// `bus bridge` from MQTT to Pub/Sub (emulator) against each side measured alone, in
+    /// interleaved rounds: the bridge's end-to-end rate over the slower side's.
+    Bridge {
+        /// Messages per run.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Rounds; each runs MQTT alone, Pub/Sub alone and the bridge, in a rotating order.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Payload bytes (at least 16).
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// Publishes in flight at once.
+        #[arg(long, default_value_t = 1024)]
+        publishers: usize,
+        /// Streaming pulls per bus-gcp consumer.
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+    },
     /// Draws the SVG chart from JSON lines written by `compare --json`.
     Chart {
         /// JSON lines (one result per line).
@@ -359,6 +378,73 @@ async fn compare(common: &Common, runs: usize, python: bool) -> Result<Vec<Bench
     Ok(results)
 }
 
+/// `bus bench bridge`: interleaved rounds of MQTT alone, Pub/Sub alone and the bridge between
+/// them; prints each run, then medians with their spread and the ratio per round.
+async fn bridge_rounds(rounds: usize, params: &Params) -> Result<(), String> {
+    let bus_program = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mqtt = Running::start(Backend::Mqtt);
+    let gcp = Running::start(Backend::Gcp);
+    let (mqtt, gcp) = (mqtt.broker(), gcp.broker());
+    // Warm-up of each: connections, the emulator's JIT.
+    let mut warm_up = params.clone();
+    warm_up.messages = (params.messages / 10).max(1);
+    clients::bus(&mqtt, &warm_up).await;
+    clients::bus(&gcp, &warm_up).await;
+    clients::bridged(&mqtt, &gcp, &bus_program, &warm_up).await;
+    let names = ["mqtt alone", "gcp alone", "bridge mqtt->gcp"];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut ratios = Vec::new();
+    for round in 0..rounds.max(1) {
+        let mut this_round = [0.0; 3];
+        for step in 0..3 {
+            let which = (round + step) % 3;
+            let result = match which {
+                0 => clients::bus(&mqtt, params).await,
+                1 => clients::bus(&gcp, params).await,
+                _ => clients::bridged(&mqtt, &gcp, &bus_program, params).await,
+            };
+            if result.lost > 0 {
+                return Err(format!(
+                    "{}: {} of {} messages lost",
+                    names[which], result.lost, params.messages
+                ));
+            }
+            println!(
+                "round {}: {:<18} {:>9.0} msg/s end to end, p50 {:>7} us, p99 {:>8} us, {} duplicates",
+                round + 1,
+                names[which],
+                result.e2e_msgs_per_s,
+                result.p50_us,
+                result.p99_us,
+                result.duplicates
+            );
+            this_round[which] = result.e2e_msgs_per_s;
+            rates[which].push(result.e2e_msgs_per_s);
+        }
+        ratios.push(this_round[2] / this_round[0].min(this_round[1]));
+    }
+    println!();
+    for (name, rates) in names.iter().zip(rates) {
+        let (median, low, high) = median_and_spread(rates);
+        println!("{name:<18} median {median:>9.0} msg/s (min {low:.0}, max {high:.0})");
+    }
+    let (median, low, high) = median_and_spread(ratios);
+    println!(
+        "bridge / slower side, per round: median {median:.2} (min {low:.2}, max {high:.2}), {} rounds of {} messages",
+        rounds.max(1),
+        params.messages
+    );
+    Ok(())
+}
+
+fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    match (values.first(), values.last()) {
+        (Some(&low), Some(&high)) => (values[values.len() / 2], low, high),
+        _ => (0.0, 0.0, 0.0),
+    }
+}
+
 /// Marks results measured with a non-default global allocator.
 fn label_allocator(results: &mut [BenchResult]) {
     if cfg!(feature = "mimalloc") {
@@ -395,6 +481,29 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 report::chart(&results, &path)?;
             }
             Ok(())
+        }
+        BenchCommand::Bridge {
+            messages,
+            rounds,
+            payload,
+            publishers,
+            streams,
+        } => {
+            if payload < HEADER_BYTES || messages == 0 || publishers == 0 || streams == 0 {
+                return Err(format!(
+                    "--payload must be at least {HEADER_BYTES}; --messages, --publishers and --streams at least 1"
+                ));
+            }
+            let params = Params {
+                messages,
+                payload,
+                publishers,
+                consumers: 1,
+                qos: 1,
+                streams,
+                idle_timeout: Duration::from_secs(60),
+            };
+            bridge_rounds(rounds, &params).await
         }
         BenchCommand::Run { common, client } => {
             let params = common.params()?;

@@ -91,8 +91,109 @@ fn shares(params: &Params) -> Vec<Vec<u64>> {
 /// bus on any backend: `publishers` tasks publish (each waits for its confirmation),
 /// `consumers` competing consumers receive and ack.
 pub async fn bus(broker: &Broker, params: &Params) -> BenchResult {
+    let mut result = across(broker, broker, None, params).await;
+    result.variant = match broker {
+        Broker::Memory => "bus-memory".into(),
+        Broker::Mqtt { .. } => format!("bus-mqtt MQTT 5 QoS {}", params.qos),
+        Broker::Gcp { .. } => format!("bus-gcp, {} stream(s)", params.streams),
+    };
+    result
+}
+
+/// bus publishing on `from` and consuming on `to`, with the program `bus` (at `bus_program`)
+/// running `bus bridge --from .. --to ..` between them: a bridge's end-to-end cost.
+pub async fn bridged(
+    from: &Broker,
+    to: &Broker,
+    bus_program: &std::path::Path,
+    params: &Params,
+) -> BenchResult {
+    let mut result = across(from, to, Some(bus_program), params).await;
+    result.backend = format!("{}->{}", from.backend(), to.backend());
+    result.client = "bridge".into();
+    result.variant = format!("bus bridge, {} stream(s)", params.streams);
+    result
+}
+
+/// The variables that point `bus` (the bridge) at `broker`.
+fn bus_environment(broker: &Broker, params: &Params, run: &str) -> Vec<(String, String)> {
+    let pairs: Vec<(&str, String)> = match broker {
+        Broker::Memory => vec![],
+        Broker::Mqtt { port } => vec![
+            ("BUS_MQTT__URL", format!("mqtt://127.0.0.1:{port}")),
+            ("BUS_MQTT__CLIENT_ID", format!("bridge-{run}")),
+            ("BUS_MQTT__QOS", params.qos.to_string()),
+        ],
+        Broker::Gcp { host } => vec![
+            ("BUS_GCP__PROJECT", "bench".into()),
+            ("BUS_GCP__ENDPOINT", format!("http://{host}")),
+            ("BUS_GCP__STREAMS", params.streams.to_string()),
+        ],
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Starts `bus bridge` for `topic` and waits until it says it is ready.
+async fn start_bridge(
+    bus_program: &std::path::Path,
+    from: &Broker,
+    to: &Broker,
+    topic: &Topic,
+    params: &Params,
+    run: &str,
+) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut command = std::process::Command::new(bus_program);
+    command
+        .args(["bridge", "--from", from.backend(), "--to", to.backend()])
+        .args(["--topic", topic.as_str()])
+        // As many publishes in flight as the sides measured alone have.
+        .args(["--concurrency", &params.publishers.to_string()])
+        .envs(bus_environment(from, params, run))
+        .envs(bus_environment(to, params, run))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = command.spawn().expect("start bus bridge");
+    let stdout = child.stdout.take().expect("the bridge's stdout");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    // Reads on to the end, so that the bridge's last line finds a reader.
+    std::thread::spawn(move || {
+        let mut ready_tx = Some(ready_tx);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("bus bridge: ready") {
+                if let Some(tx) = ready_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready_rx).await;
+    assert!(
+        matches!(ready, Ok(Ok(()))),
+        "bus bridge did not get ready within 60 s"
+    );
+    child
+}
+
+/// Stops the bridge gracefully (SIGTERM) and waits for it.
+fn stop_bridge(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+async fn across(
+    from: &Broker,
+    to: &Broker,
+    bridge: Option<&std::path::Path>,
+    params: &Params,
+) -> BenchResult {
     let run = run_id();
-    let connection = bus::connect(&broker.bus_config(params, &run))
+    let connection = bus::connect(&to.bus_config(params, &format!("{run}-to")))
         .await
         .expect("bus connects");
     let topic = Topic::new(format!("bench/{run}")).expect("topic");
@@ -107,11 +208,27 @@ pub async fn bus(broker: &Broker, params: &Params) -> BenchResult {
                 .expect("subscribe"),
         ));
     }
-    let publisher: Arc<dyn Publisher> = Arc::from(connection.publisher);
-    let tracker = Arc::new(Tracker::new(
-        params.messages,
-        &format!("{} bus", broker.backend()),
-    ));
+    let bridge = match bridge {
+        Some(program) => Some(start_bridge(program, from, to, &topic, params, &run).await),
+        None => None,
+    };
+    let source = match bridge {
+        Some(_) => Some(
+            bus::connect(&from.bus_config(params, &format!("{run}-from")))
+                .await
+                .expect("bus connects"),
+        ),
+        None => None,
+    };
+    let publisher: Arc<dyn Publisher> = match &source {
+        Some(source) => Arc::from(source.backend().publisher()),
+        None => Arc::from(connection.backend().publisher()),
+    };
+    let label = match bridge {
+        Some(_) => format!("{}->{} bridge", from.backend(), to.backend()),
+        None => format!("{} bus", to.backend()),
+    };
+    let tracker = Arc::new(Tracker::new(params.messages, &label));
     let start = Instant::now();
     let receivers: Vec<_> = consumers
         .iter()
@@ -162,14 +279,16 @@ pub async fn bus(broker: &Broker, params: &Params) -> BenchResult {
         let _ = task.await;
     }
     let _ = publisher.close().await;
-    let _ = connection.subscriber.close().await;
-    let mut result = tracker.finish((broker.backend(), "bus"), params, published, delivered);
-    result.variant = match broker {
-        Broker::Memory => "bus-memory".into(),
-        Broker::Mqtt { .. } => format!("bus-mqtt MQTT 5 QoS {}", params.qos),
-        Broker::Gcp { .. } => format!("bus-gcp, {} stream(s)", params.streams),
-    };
-    result
+    if let Some(child) = bridge {
+        tokio::task::spawn_blocking(move || stop_bridge(child))
+            .await
+            .expect("stop the bridge");
+    }
+    if let Some(source) = source {
+        let _ = source.close().await;
+    }
+    let _ = connection.close().await;
+    tracker.finish((to.backend(), "bus"), params, published, delivered)
 }
 
 /// A bounded `tokio::sync::mpsc` hand-off to one consumer: what an in-process queue costs

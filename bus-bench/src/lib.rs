@@ -10,6 +10,7 @@
 //! bus bench loss-check            # Mosquitto: 100,000-message burst
 //! bus bench chart --input results.jsonl --output bench/throughput.svg
 //! bus bench soak --backend mqtt|gcp|memory --minutes 10   # RELIABILITY.md
+//! bus bench bridge                # bus bridge mqtt->gcp against each side alone
 //! ```
 //!
 //! Every message carries its send time and a sequence number: the consumer side reports
