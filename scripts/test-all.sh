@@ -64,6 +64,8 @@ fi
 # the sources in ../shared/brokers (2.0.20, the compose image's version, and 2.1.2, the
 # newest) are built when present. The installed broker always runs the whole suite.
 installed=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+# "version X.Y.Z" of a Mosquitto binary (`mosquitto -h` exits with status 3).
+broker_version() { { "$1" -h 2>&1 || true; } | grep -o 'version [0-9.]*' | head -n1; }
 brokers=()
 if [ -n "${BUS_TEST_MOSQUITTO:-}" ]; then
   IFS=: read -r -a brokers <<<"$BUS_TEST_MOSQUITTO"
@@ -82,17 +84,17 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
 
-echo "== the whole suite, MQTT on $("$installed" -h 2>&1 | grep -o 'version [0-9.]*' | head -n1) ($installed)"
+echo "== the whole suite, MQTT on $(broker_version "$installed") ($installed)"
 cargo test --workspace --all-features --no-fail-fast
 # The facade without backend features: asking for mqtt/gcp must name the missing feature.
 cargo test -p bus --no-default-features --test config
 
 # Every MQTT test binary again on each other broker: bus-mqtt's own and the examples' MQTT
 # end-to-end tests (named *mosquitto*).
-covered=("$("$installed" -h 2>&1 | grep -o 'version [0-9.]*' | head -n1) ($installed)")
+covered=("$(broker_version "$installed") ($installed)")
 for broker in "${brokers[@]}"; do
   [ "$broker" = "$installed" ] && continue
-  version=$("$broker" -h 2>&1 | grep -o 'version [0-9.]*' | head -n1)
+  version=$(broker_version "$broker")
   echo "== MQTT tests on Mosquitto $version ($broker)"
   BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-mqtt --tests --no-fail-fast
   BUS_TEST_MOSQUITTO="$broker" cargo test --all-features -p bus-examples --tests --no-fail-fast -- mosquitto
