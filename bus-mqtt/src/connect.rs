@@ -170,6 +170,14 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// " (last error: ...)" when the connection failed before, for an error message.
+fn last_error_note(last_error: &Mutex<Option<String>>) -> String {
+    lock(last_error)
+        .as_ref()
+        .map(|e| format!(" (last error: {e})"))
+        .unwrap_or_default()
+}
+
 pub(crate) fn qos(level: u8) -> QoS {
     match level {
         0 => QoS::AtMostOnce,
@@ -256,10 +264,7 @@ impl Connection {
             }
             State::Connecting | State::Closed => {
                 stop.cancel();
-                let last = lock(&last_error)
-                    .clone()
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default();
+                let last = last_error_note(&last_error);
                 Err(Error::new(
                     ErrorKind::Unavailable,
                     BACKEND,
@@ -296,10 +301,7 @@ impl Connection {
             },
             Ok(Err(_)) => Err(self.unusable_error()),
             Err(_) => {
-                let last = lock(&self.last_error)
-                    .as_ref()
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default();
+                let last = last_error_note(&self.last_error);
                 Err(Error::new(
                     ErrorKind::Unavailable,
                     BACKEND,
