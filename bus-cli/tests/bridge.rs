@@ -203,3 +203,100 @@ async fn gcp_to_mqtt_loses_nothing_across_a_broker_restart() {
     tokio::task::block_in_place(|| stop(&mut bridge, PUBLISHERS * EACH));
     collector.stop().await;
 }
+
+/// The numbers in a bridge's summary line: (carried, not sent back by the loop guard).
+fn summary_counts(bridge: &mut bus_testkit::program::Program) -> (usize, usize) {
+    bridge.terminate();
+    let status = bridge.wait();
+    assert!(
+        status.success(),
+        "bridge exit: {status}\n{}",
+        bridge.transcript()
+    );
+    let summary = bridge
+        .lines_of("stdout")
+        .into_iter()
+        .find(|line| line.starts_with("bus bridge: stopped:"))
+        .unwrap_or_else(|| panic!("a summary line:\n{}", bridge.transcript()));
+    let numbers: Vec<usize> = summary
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Bridges in both directions on one topic (both backends live during a move): each message
+/// crosses once, and the loop guard keeps it from coming back, so neither side sees it again
+/// and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridges_both_ways_carry_each_message_once() {
+    const EACH_SIDE: usize = 500;
+    let broker = Mosquitto::start();
+    let gcp = Env::emulator();
+    let mqtt = Env::mosquitto(&broker);
+    let topic = unique_topic();
+    provision(&gcp, &topic, &[("bus-bridge", true), ("check", false)]);
+    provision(&mqtt, &topic, &[("check", false)]);
+    let (on_mqtt, on_gcp) = (Tally::new(), Tally::new());
+    let (_mqtt_checker, mqtt_collector) = collector(&mqtt, &topic, &on_mqtt).await;
+    let (_gcp_checker, gcp_collector) = collector(&gcp, &topic, &on_gcp).await;
+
+    let env = both(&broker, &gcp);
+    let route = |from: &str, to: &str| {
+        env.start(
+            &format!("{from}->{to}"),
+            &[
+                "bridge",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--topic",
+                topic.as_str(),
+            ],
+        )
+    };
+    let mut there = route("mqtt", "gcp");
+    let mut back = route("gcp", "mqtt");
+    there.expect_line("stdout", "bus bridge: ready");
+    back.expect_line("stdout", "bus bridge: ready");
+
+    let lines = |side: &str| {
+        (0..EACH_SIDE)
+            .map(|i| format!("{side}:{i}\n"))
+            .collect::<String>()
+    };
+    tokio::task::block_in_place(|| {
+        mqtt.run_with_stdin(&["pub", topic.as_str(), "--lines"], lines("0").as_bytes())
+            .assert_code(0);
+        gcp.run_with_stdin(&["pub", topic.as_str(), "--lines"], lines("1").as_bytes())
+            .assert_code(0);
+    });
+    on_mqtt.wait_for(2 * EACH_SIDE, QUIET).await;
+    on_gcp.wait_for(2 * EACH_SIDE, QUIET).await;
+    // Long enough for a message to go round again, were it sent back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (side, tally) in [("mqtt", &on_mqtt), ("gcp", &on_gcp)] {
+        assert!(
+            tally.missing(2, EACH_SIDE).is_empty(),
+            "{side}: missing {:?}",
+            &tally.missing(2, EACH_SIDE)[..tally.missing(2, EACH_SIDE).len().min(10)]
+        );
+        // A message going round would arrive again and again.
+        assert!(
+            tally.duplicates() < EACH_SIDE / 10,
+            "{side}: {} duplicates of {} messages",
+            tally.duplicates(),
+            2 * EACH_SIDE
+        );
+    }
+    let (there_carried, there_guarded) = tokio::task::block_in_place(|| summary_counts(&mut there));
+    let (back_carried, back_guarded) = tokio::task::block_in_place(|| summary_counts(&mut back));
+    eprintln!(
+        "mqtt->gcp: {there_carried} carried, {there_guarded} guarded; gcp->mqtt: {back_carried} carried, {back_guarded} guarded"
+    );
+    assert!(there_carried >= EACH_SIDE && there_guarded >= EACH_SIDE);
+    assert!(back_carried >= EACH_SIDE && back_guarded >= EACH_SIDE);
+    mqtt_collector.stop().await;
+    gcp_collector.stop().await;
+}
