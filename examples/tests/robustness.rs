@@ -33,23 +33,48 @@ async fn publish_crashes(env: &BrokerEnv, names: impl Iterator<Item = String>) {
     bus.close().await.unwrap();
 }
 
-/// patch-evaluation with crashes held (no patch will come) and more queued behind them stops
-/// on SIGTERM within 10 s (it used to hang for ever).
-async fn stops_with_work_pending(env: BrokerEnv) {
-    let mut evaluator = Example::start("patch-evaluation", &[], &env);
-    evaluator.expect_line("stdout", "ready");
-    publish_crashes(&env, (0..300).map(|i| format!("orphan{i}"))).await;
-    evaluator.expect_line("stdout", "crash detail for orphan");
+async fn publish_scans(env: &BrokerEnv, names: impl Iterator<Item = String>) {
+    let bus = bus::connect(&env.config()).await.expect("test connects");
+    let format = EventFormat::structured();
+    for name in names {
+        let scan = ScanResult {
+            executable_name: name.clone(),
+            vulnerability_severity: 7.5,
+            vulnerable_line_number: 3,
+            vulnerable_function: "main".into(),
+            vulnerability_description: "stack buffer overflow".into(),
+        };
+        let scan = event(CPG_SOURCE, SCAN_RESULT_TYPE, &name, &scan).unwrap();
+        bus.publisher
+            .publish_event(&topic(SCAN_RESULT_TOPIC), &scan, &format)
+            .await
+            .unwrap();
+    }
+    bus.close().await.unwrap();
+}
+
+/// Sends SIGTERM and checks the service exits successfully within 12 s.
+fn stops_promptly(mut service: Example, env: &BrokerEnv) {
     let asked = Instant::now();
-    evaluator.terminate();
-    let status = evaluator.wait();
-    assert!(status.success(), "{}", evaluator.transcript());
+    service.terminate();
+    let status = service.wait();
+    assert!(status.success(), "{}", service.transcript());
     assert!(
         asked.elapsed() < Duration::from_secs(12),
         "{}: stopped after {:?}",
         env.name,
         asked.elapsed()
     );
+}
+
+/// patch-evaluation with crashes held (no patch will come) and more queued behind them stops
+/// on SIGTERM within 10 s (it used to hang for ever).
+async fn stops_with_work_pending(env: BrokerEnv) {
+    let evaluator = Example::start("patch-evaluation", &[], &env);
+    evaluator.expect_line("stdout", "ready");
+    publish_crashes(&env, (0..300).map(|i| format!("orphan{i}"))).await;
+    evaluator.expect_line("stdout", "crash detail for orphan");
+    stops_promptly(evaluator, &env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,6 +86,86 @@ async fn patch_evaluation_stops_promptly_with_work_pending_on_mosquitto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_evaluation_stops_promptly_with_work_pending_on_the_pubsub_emulator() {
     stops_with_work_pending(BrokerEnv::emulator()).await;
+}
+
+/// llm-dispatch in the middle of 2,000 scan results (for programs it has no source of) stops on
+/// SIGTERM within 10 s; what it did not answer stays for the next consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_dispatch_stops_promptly_with_work_pending_on_mosquitto() {
+    let broker = Mosquitto::start();
+    let env = BrokerEnv::mosquitto(&broker);
+    let dispatch = Example::start("llm-dispatch", &[], &env);
+    dispatch.expect_line("stdout", "ready");
+    publish_scans(&env, (0..2_000).map(|i| format!("unknown{i}"))).await;
+    dispatch.expect_line("stdout", "patch for unknown");
+    stops_promptly(dispatch, &env);
+}
+
+/// A second SIGTERM ends a service at once (status 130) even while its graceful stop waits
+/// for a broker that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_on_mosquitto() {
+    let broker = Mosquitto::start();
+    let env = BrokerEnv::mosquitto(&broker);
+    let mut evaluator = Example::start("patch-evaluation", &[], &env);
+    evaluator.expect_line("stdout", "ready");
+    publish_crashes(&env, (0..300).map(|i| format!("orphan{i}"))).await;
+    evaluator.expect_line("stdout", "crash detail for orphan");
+    broker.stop();
+    evaluator.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    evaluator.terminate();
+    let status = evaluator.wait();
+    eprintln!("{:?} after the second signal: {status:?}", asked.elapsed());
+    assert_eq!(status.code(), Some(130), "{}", evaluator.transcript());
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "stopped {:?} after the second signal",
+        asked.elapsed()
+    );
+    assert!(
+        evaluator
+            .lines_of("stderr")
+            .iter()
+            .any(|l| l.contains("second signal: stopping now")),
+        "{}",
+        evaluator.transcript()
+    );
+}
+
+/// The whole pipeline in one process on Mosquitto, with five programs the scan finds nothing
+/// in: every program ends in one evaluation and the demo exits (it used to evaluate the three
+/// real ones and then hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_with_clean_programs_ends_on_mosquitto() {
+    let broker = Mosquitto::start();
+    let sources = tempfile::tempdir().unwrap();
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    for sample in std::fs::read_dir(&samples).unwrap() {
+        let sample = sample.unwrap().path();
+        std::fs::copy(&sample, sources.path().join(sample.file_name().unwrap())).unwrap();
+    }
+    for i in 0..5 {
+        std::fs::write(
+            sources.path().join(format!("clean{i}.c")),
+            "int main(void) { return 0; }\n",
+        )
+        .unwrap();
+    }
+    let env = BrokerEnv::mosquitto(&broker)
+        .with(&[("BUS_APP__SOURCES_DIR", sources.path().to_str().unwrap())]);
+    let started = Instant::now();
+    let mut demo = Example::start("autopatch-demo", &[], &env);
+    demo.wait_success();
+    let out = demo.stdout_lines().join("\n");
+    eprintln!("{out}\nended after {:?}", started.elapsed());
+    let no_finding = out
+        .lines()
+        .filter(|l| l.starts_with("clean") && l.contains("no_finding"))
+        .count();
+    assert_eq!(no_finding, 5, "{out}");
+    assert!(out.contains("3 of 8 fixed"), "{out}");
 }
 
 /// 1,000 forged crashes for programs nobody will patch do not hold up the real ones (each
