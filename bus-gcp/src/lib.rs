@@ -26,7 +26,7 @@ pub const BACKEND: &str = "gcp";
 /// What Pub/Sub supports. Google's emulator lacks prompt hand-over: it keeps streaming to the
 /// connection of a consumer that went away (see the crate docs), so a consumer that attaches
 /// after it can wait a long time for what the departed one held or was sent.
-pub fn capabilities(emulator: bool) -> Capabilities {
+pub(crate) fn capabilities(emulator: bool) -> Capabilities {
     let mut caps = Capabilities::none();
     caps.fan_out = true;
     caps.competing_consumers = true;

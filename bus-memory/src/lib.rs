@@ -27,7 +27,7 @@ pub const BACKEND: &str = "memory";
 pub const PER_MESSAGE_OVERHEAD: usize = 224;
 
 /// What the in-memory backend supports with `config`: the whole contract.
-pub fn capabilities(config: &MemoryConfig) -> Capabilities {
+pub(crate) fn capabilities(config: &MemoryConfig) -> Capabilities {
     let mut caps = Capabilities::none();
     caps.fan_out = true;
     caps.competing_consumers = true;

@@ -40,7 +40,7 @@ pub const RESERVED_PREFIX: &str = "bus:";
 pub const CONTENT_TYPE_ATTRIBUTE: &str = bus_core::typed::CONTENT_TYPE_ATTRIBUTE;
 
 /// What this backend supports with `config`.
-pub fn capabilities(config: &MqttConfig) -> Capabilities {
+pub(crate) fn capabilities(config: &MqttConfig) -> Capabilities {
     let mut caps = Capabilities::none();
     caps.fan_out = true;
     caps.competing_consumers = true;
