@@ -53,6 +53,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The backend's name, as in its errors (`memory`, `mqtt`, `gcp`).
     fn name(&self) -> &'static str;
 
+    /// The `messaging.system` of its spans, after OpenTelemetry's conventions (`mqtt`,
+    /// `gcp_pubsub`, `memory`); the backend's name unless it says otherwise.
+    fn messaging_system(&self) -> &'static str {
+        self.name()
+    }
+
     /// What the backend supports and its limits.
     fn capabilities(&self) -> Capabilities;
 

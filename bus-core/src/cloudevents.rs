@@ -245,7 +245,22 @@ pub struct TypedEvent<T> {
     pub delivery: Delivery,
 }
 
+/// CloudEvents' distributed-tracing extension (`traceparent`, `tracestate`) of `event`.
+fn event_trace_context(event: &Event) -> Option<crate::telemetry::TraceContext> {
+    let traceparent = event.extension("traceparent")?.to_string();
+    let tracestate = event.extension("tracestate").map(|v| v.to_string());
+    crate::telemetry::TraceContext::parse(&traceparent, tracestate.as_deref())
+}
+
 impl<T> TypedEvent<T> {
+    /// The trace context the event travelled with: the message's (see
+    /// [`Delivery::trace_context`]), else the event's distributed-tracing extension.
+    pub fn trace_context(&self) -> Option<crate::telemetry::TraceContext> {
+        self.delivery
+            .trace_context()
+            .or_else(|| event_trace_context(&self.event))
+    }
+
     /// Acks the delivery.
     pub async fn ack(self) -> Result<()> {
         self.delivery.ack().await
@@ -282,12 +297,22 @@ pub fn decode_typed_event<T: DeserializeOwned>(delivery: Delivery) -> Result<Typ
         Ok((event, data))
     });
     match decoded {
-        Ok((event, data)) => Ok(TypedEvent {
-            event,
-            data,
-            delivery,
-        }),
+        Ok((event, data)) => {
+            // CloudEvents' distributed-tracing extension, when the message itself carried no
+            // trace context (a structured-mode event from a plain client).
+            if delivery.trace_context().is_none() {
+                if let Some(context) = event_trace_context(&event) {
+                    crate::telemetry::continue_trace(delivery.span(), &context);
+                }
+            }
+            Ok(TypedEvent {
+                event,
+                data,
+                delivery,
+            })
+        }
         Err(reason) => {
+            crate::telemetry::decode_failed(delivery.topic());
             let message = format!(
                 "message {} on {} is not the expected CloudEvent: {}",
                 printable(delivery.id()),

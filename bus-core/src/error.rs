@@ -79,7 +79,7 @@ impl ErrorKind {
         matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout)
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::NotFound => "not found",

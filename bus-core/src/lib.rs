@@ -8,6 +8,7 @@
 //! - [`Backend`]: what every backend crate's entry type implements (`XxxBackend::connect`).
 //! - [`Capabilities`]: what a backend supports, declared rather than hidden.
 //! - [`Error`]: one error type with an [`ErrorKind`], a retryable flag and the backend's name.
+//! - [`telemetry`]: spans, W3C trace context and metrics for every backend.
 //! - [`typed`]: serde JSON payloads whose decode failures keep the delivery.
 //! - `mock` (feature `mock`): mockall mocks of the traits for unit tests.
 //!
@@ -25,6 +26,7 @@ mod error;
 mod message;
 mod names;
 mod options;
+pub mod telemetry;
 mod traits;
 pub mod typed;
 

@@ -130,6 +130,7 @@ pub struct Delivery {
     attempt: u32,
     topic: Topic,
     acker: Box<dyn Acker>,
+    span: tracing::Span,
 }
 
 impl Delivery {
@@ -148,6 +149,7 @@ impl Delivery {
             attempt,
             topic,
             acker,
+            span: tracing::Span::none(),
         }
     }
 
@@ -187,6 +189,32 @@ impl Delivery {
         &self.topic
     }
 
+    /// The span of this delivery's processing (see [`telemetry`](crate::telemetry)): it
+    /// continues the producer's trace, and acking or nacking is recorded inside it. Run the
+    /// handling in it (`tracing::Instrument::instrument(work, delivery.span().clone())`) so that
+    /// what the handler publishes continues the trace too. A disabled span where the delivery
+    /// did not come through an instrumented subscriber.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The W3C trace context the message carries, if any (see
+    /// [`TraceContext::from_attributes`](crate::telemetry::TraceContext::from_attributes)).
+    pub fn trace_context(&self) -> Option<crate::telemetry::TraceContext> {
+        crate::telemetry::TraceContext::from_attributes(&self.message.attributes)
+    }
+
+    /// The same delivery recorded in `span` and settled through `wrap(acker)`.
+    pub(crate) fn instrumented(
+        mut self,
+        span: tracing::Span,
+        wrap: impl FnOnce(Box<dyn Acker>) -> Box<dyn Acker>,
+    ) -> Delivery {
+        self.span = span;
+        self.acker = wrap(self.acker);
+        self
+    }
+
     /// Marks the message done: it is not delivered again on this subscription.
     pub async fn ack(self) -> Result<()> {
         self.acker.ack().await
@@ -206,6 +234,7 @@ impl Delivery {
             attempt: self.attempt,
             topic: self.topic,
             acker: self.acker,
+            span: self.span,
         };
         (self.message, handle)
     }
@@ -229,6 +258,7 @@ pub struct DeliveryHandle {
     attempt: u32,
     topic: Topic,
     acker: Box<dyn Acker>,
+    span: tracing::Span,
 }
 
 impl DeliveryHandle {
@@ -247,6 +277,11 @@ impl DeliveryHandle {
         &self.topic
     }
 
+    /// See [`Delivery::span`].
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
     /// See [`Delivery::ack`].
     pub async fn ack(self) -> Result<()> {
         self.acker.ack().await
@@ -259,7 +294,14 @@ impl DeliveryHandle {
 
     /// Joins the message back into a [`Delivery`].
     pub fn into_delivery(self, message: Message) -> Delivery {
-        Delivery::new(message, self.id, self.attempt, self.topic, self.acker)
+        Delivery {
+            message,
+            id: self.id,
+            attempt: self.attempt,
+            topic: self.topic,
+            acker: self.acker,
+            span: self.span,
+        }
     }
 }
 

@@ -107,12 +107,14 @@ pub fn decode_json<T: DeserializeOwned>(delivery: Delivery) -> Result<Typed<T>> 
                 printable(delivery.id()),
                 printable(content_type)
             );
+            crate::telemetry::decode_failed(delivery.topic());
             return Err(Error::new(ErrorKind::Decode, CORE, message).with_delivery(delivery));
         }
     }
     match serde_json::from_slice(delivery.payload()) {
         Ok(value) => Ok(Typed { value, delivery }),
         Err(e) => {
+            crate::telemetry::decode_failed(delivery.topic());
             // serde's complaint quotes the payload: keep it printable and short.
             let message = format!(
                 "message {} on {} is not a valid {}: {}",

@@ -223,6 +223,10 @@ impl Backend for GcpBackend {
         BACKEND
     }
 
+    fn messaging_system(&self) -> &'static str {
+        "gcp_pubsub"
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities.clone()
     }

@@ -130,6 +130,13 @@ async fn dead_letter(state: Arc<SubscriptionState>) {
             .await
         {
             Ok(_) => {
+                bus_core::telemetry::dead_lettered(
+                    BACKEND,
+                    &queued.message.topic,
+                    state.options.name.as_str(),
+                    &policy.topic,
+                    queued.deliveries,
+                );
                 state.release(queued.message.weight);
                 pause = Duration::from_millis(50);
             }

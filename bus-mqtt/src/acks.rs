@@ -88,6 +88,15 @@ impl Consumer {
         };
         match published {
             Ok(()) => {
+                if let Some(policy) = dead_letter {
+                    bus_core::telemetry::dead_lettered(
+                        BACKEND,
+                        &self.key.topic,
+                        self.options.name.as_str(),
+                        &policy.topic,
+                        entry.attempt,
+                    );
+                }
                 let result = self.puback(&entry.received).await;
                 self.settled(entry.received.source);
                 result

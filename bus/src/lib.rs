@@ -38,6 +38,10 @@
 //! [cloudevents]
 //! mode = "structured"         # structured | binary (consumers accept both)
 //!
+//! [telemetry]                 # logs and metrics (see `telemetry`)
+//! log = "text"                # text | json
+//! # prometheus = "127.0.0.1:9464"
+//!
 //! [app]                       # the service's own settings: Config::section("app")
 //! ```
 //!
@@ -61,6 +65,8 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 pub use bus_core::*;
+
+pub mod telemetry;
 
 /// The in-memory backend (always available).
 pub use bus_memory as memory;
@@ -124,6 +130,8 @@ pub struct Config {
     /// read them with [`Config::section`]`("app")`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<figment::value::Dict>,
+    /// `[telemetry]`: log format and the Prometheus endpoint (see [`telemetry`]).
+    pub telemetry: telemetry::TelemetryConfig,
     /// `[bridge]`: the routes of `bus bridge` (see the `bus` command line).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bridge: Option<figment::value::Dict>,
@@ -143,6 +151,7 @@ impl std::fmt::Debug for Config {
             .field("gcp", &self.gcp.as_ref().map(redacted))
             .field("cloudevents", &self.cloudevents)
             .field("app", &self.app.as_ref().map(redacted))
+            .field("telemetry", &self.telemetry)
             .field("bridge", &self.bridge.as_ref().map(redacted))
             .finish()
     }
@@ -449,9 +458,10 @@ pub async fn connect(config: &Config) -> Result<Bus> {
 }
 
 /// Connects to the backend the config names: each backend crate is entered the same way, with
-/// its config section and `XxxBackend::connect`.
+/// its config section and `XxxBackend::connect`. The backend comes
+/// [instrumented](bus_core::telemetry): spans, trace context and metrics.
 pub async fn connect_backend(config: &Config) -> Result<Box<dyn Backend>> {
-    Ok(match config.backend {
+    let backend: Box<dyn Backend> = match config.backend {
         BackendKind::Memory => Box::new(memory::MemoryBackend::connect(&config.memory).await?),
         #[cfg(feature = "mqtt")]
         BackendKind::Mqtt => Box::new(mqtt::MqttBackend::connect(&config.section("mqtt")?).await?),
@@ -459,7 +469,8 @@ pub async fn connect_backend(config: &Config) -> Result<Box<dyn Backend>> {
         BackendKind::Gcp => Box::new(gcp::GcpBackend::connect(&config.section("gcp")?).await?),
         #[allow(unreachable_patterns)]
         kind => return Err(missing_feature(config, kind)),
-    })
+    };
+    Ok(Box::new(bus_core::telemetry::Instrumented::new(backend)))
 }
 
 #[cfg_attr(all(feature = "mqtt", feature = "gcp"), allow(dead_code))]

@@ -1,0 +1,359 @@
+//! [`Instrumented`]: any backend, with spans, trace context and metrics around its roles.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use metrics::{Counter, Gauge, Histogram};
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use super::*;
+use crate::{
+    Acker, Backend, Capabilities, Delivery, Message, Publisher, Result, Subscriber, Subscription,
+    SubscriptionOptions, Topic,
+};
+
+/// A backend whose publishers and subscribers record spans and metrics and carry trace
+/// context (see the [module docs](crate::telemetry)). Everything else is the inner backend's.
+///
+/// ```
+/// # async fn example(backend: Box<dyn bus_core::Backend>) {
+/// use bus_core::{telemetry::Instrumented, Backend};
+///
+/// let backend = Instrumented::new(backend);
+/// let publisher = backend.publisher(); // publishes inside `send {topic}` spans
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Instrumented {
+    inner: Box<dyn Backend>,
+}
+
+impl Instrumented {
+    /// Wraps `inner`.
+    pub fn new(inner: Box<dyn Backend>) -> Instrumented {
+        Instrumented { inner }
+    }
+}
+
+#[async_trait]
+impl Backend for Instrumented {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        self.inner.messaging_system()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn publisher(&self) -> Box<dyn Publisher> {
+        Box::new(InstrumentedPublisher {
+            inner: self.inner.publisher(),
+            system: self.inner.messaging_system(),
+            topics: RwLock::default(),
+        })
+    }
+
+    fn subscriber(&self) -> Box<dyn Subscriber> {
+        Box::new(InstrumentedSubscriber {
+            inner: self.inner.subscriber(),
+            system: self.inner.messaging_system(),
+        })
+    }
+
+    async fn create_topic(&self, topic: &Topic) -> Result<()> {
+        self.inner.create_topic(topic).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+/// A publisher's metric handles for one topic, registered on first use.
+#[derive(Debug)]
+struct PublishMetrics {
+    ok: Counter,
+    error: Counter,
+    duration: Histogram,
+}
+
+impl PublishMetrics {
+    fn new(system: &'static str, topic: &Topic) -> PublishMetrics {
+        let topic = topic.to_string();
+        PublishMetrics {
+            ok: metrics::counter!(PUBLISHED_TOTAL, "system" => system, "topic" => topic.clone(), "outcome" => "ok"),
+            error: metrics::counter!(PUBLISHED_TOTAL, "system" => system, "topic" => topic.clone(), "outcome" => "error"),
+            duration: metrics::histogram!(PUBLISH_DURATION_SECONDS, "system" => system, "topic" => topic),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InstrumentedPublisher {
+    inner: Box<dyn Publisher>,
+    system: &'static str,
+    topics: RwLock<HashMap<Topic, Arc<PublishMetrics>>>,
+}
+
+impl InstrumentedPublisher {
+    fn metrics(&self, topic: &Topic) -> Arc<PublishMetrics> {
+        if let Some(found) = self.topics.read().ok().and_then(|t| t.get(topic).cloned()) {
+            return found;
+        }
+        let made = Arc::new(PublishMetrics::new(self.system, topic));
+        if let Ok(mut topics) = self.topics.write() {
+            topics.entry(topic.clone()).or_insert_with(|| made.clone());
+        }
+        made
+    }
+}
+
+#[async_trait]
+impl Publisher for InstrumentedPublisher {
+    async fn publish(&self, topic: &Topic, mut message: Message) -> Result<String> {
+        let span = tracing::info_span!(
+            target: "bus",
+            "send",
+            otel.name = %format_args!("send {topic}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = self.system,
+            messaging.destination.name = %topic,
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.message.body.size = message.payload.len(),
+            messaging.message.id = Empty,
+            error.type = Empty,
+        );
+        #[cfg(feature = "otel")]
+        super::otel::inject(&span, &mut message.attributes);
+        #[cfg(not(feature = "otel"))]
+        let _ = &mut message;
+        let metrics = self.metrics(topic);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .publish(topic, message)
+            .instrument(span.clone())
+            .await;
+        metrics.duration.record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(id) => {
+                metrics.ok.increment(1);
+                span.record("messaging.message.id", id.as_str());
+            }
+            Err(e) => {
+                metrics.error.increment(1);
+                span.record("error.type", e.kind().as_str());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
+#[derive(Debug)]
+struct InstrumentedSubscriber {
+    inner: Box<dyn Subscriber>,
+    system: &'static str,
+}
+
+#[async_trait]
+impl Subscriber for InstrumentedSubscriber {
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        options: SubscriptionOptions,
+    ) -> Result<Box<dyn Subscription>> {
+        let telemetry = Arc::new(SubscriptionTelemetry::new(
+            self.system,
+            topic,
+            options.name.as_str(),
+        ));
+        let inner = self.inner.subscribe(topic, options).await?;
+        Ok(Box::new(InstrumentedSubscription { inner, telemetry }))
+    }
+
+    async fn create_subscription(&self, topic: &Topic, options: SubscriptionOptions) -> Result<()> {
+        self.inner.create_subscription(topic, options).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
+/// What one subscription records with, registered at subscribe.
+#[derive(Debug)]
+struct SubscriptionTelemetry {
+    system: &'static str,
+    topic: Topic,
+    subscription: String,
+    delivered: Counter,
+    redelivered: Counter,
+    acked: Counter,
+    nacked: Counter,
+    in_flight: Gauge,
+}
+
+impl SubscriptionTelemetry {
+    fn new(system: &'static str, topic: &Topic, subscription: &str) -> SubscriptionTelemetry {
+        let labels = [
+            ("system", system.to_string()),
+            ("topic", topic.to_string()),
+            ("subscription", subscription.to_string()),
+        ];
+        SubscriptionTelemetry {
+            system,
+            topic: topic.clone(),
+            subscription: subscription.to_string(),
+            delivered: metrics::counter!(DELIVERED_TOTAL, &labels),
+            redelivered: metrics::counter!(REDELIVERED_TOTAL, &labels),
+            acked: metrics::counter!(ACKED_TOTAL, &labels),
+            nacked: metrics::counter!(NACKED_TOTAL, &labels),
+            in_flight: metrics::gauge!(IN_FLIGHT, &labels),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InstrumentedSubscription {
+    inner: Box<dyn Subscription>,
+    telemetry: Arc<SubscriptionTelemetry>,
+}
+
+#[async_trait]
+impl Subscription for InstrumentedSubscription {
+    async fn receive(&self) -> Result<Delivery> {
+        let delivery = self.inner.receive().await?;
+        let t = &self.telemetry;
+        // A new root unless the message carries a trace: the consumer's loop is not its parent.
+        let span = tracing::info_span!(
+            target: "bus",
+            parent: None,
+            "process",
+            otel.name = %format_args!("process {}", t.topic),
+            otel.kind = "consumer",
+            messaging.system = t.system,
+            messaging.destination.name = %t.topic,
+            messaging.destination.subscription.name = %t.subscription,
+            messaging.operation.type = "process",
+            messaging.message.id = delivery.id(),
+            messaging.message.body.size = delivery.payload().len(),
+            messaging.delivery.attempt = delivery.attempt(),
+        );
+        #[cfg(feature = "otel")]
+        if let Some(context) = delivery.trace_context() {
+            super::otel::continue_trace(&span, &context);
+        }
+        t.delivered.increment(1);
+        if delivery.attempt() > 1 {
+            t.redelivered.increment(1);
+            tracing::info!(target: "bus", parent: &span, attempt = delivery.attempt(), "redelivery");
+        }
+        t.in_flight.increment(1.0);
+        let telemetry = t.clone();
+        let acker_span = span.clone();
+        Ok(delivery.instrumented(span, move |inner| {
+            Box::new(InstrumentedAcker {
+                inner,
+                span: acker_span,
+                telemetry,
+                settled: AtomicBool::new(false),
+            })
+        }))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+/// Settles through the backend's acker inside a `settle` span, and counts.
+struct InstrumentedAcker {
+    inner: Box<dyn Acker>,
+    span: tracing::Span,
+    telemetry: Arc<SubscriptionTelemetry>,
+    settled: AtomicBool,
+}
+
+impl InstrumentedAcker {
+    async fn settle(&self, operation: &'static str, ack: bool) -> Result<()> {
+        let t = &self.telemetry;
+        let span = tracing::info_span!(
+            target: "bus",
+            parent: &self.span,
+            "settle",
+            otel.name = %format_args!("{operation} {}", t.subscription),
+            otel.status_code = Empty,
+            messaging.system = t.system,
+            messaging.destination.subscription.name = %t.subscription,
+            messaging.operation.type = "settle",
+            messaging.operation.name = operation,
+            error.type = Empty,
+        );
+        let result = if ack {
+            self.inner.ack().instrument(span.clone()).await
+        } else {
+            self.inner.nack().instrument(span.clone()).await
+        };
+        match &result {
+            Ok(()) if ack => t.acked.increment(1),
+            Ok(()) => t.nacked.increment(1),
+            Err(e) => {
+                span.record("error.type", e.kind().as_str());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        self.release();
+        result
+    }
+
+    fn release(&self) {
+        if !self.settled.swap(true, Ordering::AcqRel) {
+            self.telemetry.in_flight.decrement(1.0);
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for InstrumentedAcker {
+    async fn ack(&self) -> Result<()> {
+        self.settle("ack", true).await
+    }
+
+    async fn nack(&self) -> Result<()> {
+        self.settle("nack", false).await
+    }
+}
+
+impl Drop for InstrumentedAcker {
+    fn drop(&mut self) {
+        // Dropped unsettled: the backend redelivers it after the ack deadline.
+        self.release();
+    }
+}
