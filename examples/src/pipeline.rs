@@ -16,10 +16,12 @@ use base64::Engine as _;
 use bus::cloudevents::{
     AttributesReader, EventFormat, EventSubscription, PublishEvent, TypedEvent,
 };
+use bus::telemetry::{self, TraceContext};
 use bus::{printable, ErrorKind, Publisher, Result, Subscriber, SubscriptionOptions};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::analysis::{clean_scan, evaluate, has_finding, scan, Llm, SourceFile};
 use crate::schema::*;
@@ -208,8 +210,14 @@ impl LlmDispatch {
                 transformer_metadata: llm.metadata(),
             };
             let event = event(LLM_DISPATCH_SOURCE, PATCH_RESPONSE_TYPE, &name, &response)?;
-            publisher.publish_event(&topic, &event, format).await?;
-            scan.ack().await?;
+            // In the scan's span: the patch response continues the scan's trace.
+            let span = scan.delivery.span().clone();
+            async {
+                publisher.publish_event(&topic, &event, format).await?;
+                scan.ack().await
+            }
+            .instrument(span)
+            .await?;
             answered += 1;
             println!(
                 "llm-dispatch: patch for {} ({:?}) -> {topic}",
@@ -365,13 +373,13 @@ impl PatchEvaluator {
             Incoming::Crash(crash) => (
                 program_name(&crash.data.executable_name).to_string(),
                 Half::Crash,
-                held(crash.event.id(), &crash.data)?,
+                held(&crash)?,
                 crash.delivery,
             ),
             Incoming::Patch(patch) => (
                 program_name(&patch.data.executable_name).to_string(),
                 Half::Patch,
-                held(patch.event.id(), &patch.data)?,
+                held(&patch)?,
                 patch.delivery,
             ),
         };
@@ -401,6 +409,7 @@ impl PatchEvaluator {
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok());
         let (verdict, reason) = evaluate(response.status, patched.as_deref());
+        let span = evaluation_span(&name, Some(&crash), Some(&patch));
         let evaluation = PatchEvaluation {
             executable_name: name.clone(),
             verdict,
@@ -410,6 +419,7 @@ impl PatchEvaluator {
             patch_event_id: patch.event_id,
         };
         self.publish(publisher, format, store, topic, evaluation)
+            .instrument(span)
             .await
     }
 
@@ -432,6 +442,7 @@ impl PatchEvaluator {
                 (Some(_), _) => format!("no patch arrived within {timeout:?} of the crash"),
                 _ => format!("no crash arrived within {timeout:?} of the patch"),
             };
+            let span = evaluation_span(&name, crash.as_ref(), patch.as_ref());
             let evaluation = PatchEvaluation {
                 executable_name: name,
                 verdict: Verdict::Unmatched,
@@ -441,6 +452,7 @@ impl PatchEvaluator {
                 patch_event_id: patch.map(|p| p.event_id).unwrap_or_default(),
             };
             self.publish(publisher, format, store, &topic, evaluation)
+                .instrument(span)
                 .await?;
         }
         Ok(())
@@ -468,10 +480,12 @@ impl PatchEvaluator {
     }
 }
 
-/// One half of a join as stored: its event id and its data as JSON.
-fn held<T: serde::Serialize>(event_id: &str, data: &T) -> Result<Held> {
+/// One half of a join as stored: its event id, its data as JSON and its trace context.
+fn held<T: serde::Serialize>(event: &TypedEvent<T>) -> Result<Held> {
+    let data = &event.data;
     Ok(Held {
-        event_id: event_id.to_string(),
+        event_id: event.event.id().to_string(),
+        traceparent: event.trace_context().map(|c| c.traceparent().to_string()),
         data: serde_json::to_string(data).map_err(|e| {
             bus::Error::new(
                 ErrorKind::Internal,
@@ -481,6 +495,26 @@ fn held<T: serde::Serialize>(event_id: &str, data: &T) -> Result<Held> {
             .with_source(e)
         })?,
     })
+}
+
+/// The span an evaluation is published in. It continues the crash's trace (the fuzzer's report
+/// starts a program's story) and links the patch's (the scan's trace, through llm-dispatch);
+/// a half without trace context is left out.
+fn evaluation_span(name: &str, crash: Option<&Held>, patch: Option<&Held>) -> tracing::Span {
+    let span = tracing::info_span!(parent: None, "evaluate", program = %printable(name));
+    let contexts = [crash, patch]
+        .into_iter()
+        .flatten()
+        .filter_map(|held| held.traceparent.as_deref())
+        .filter_map(|traceparent| TraceContext::parse(traceparent, None));
+    for (i, context) in contexts.enumerate() {
+        if i == 0 {
+            telemetry::continue_trace(&span, &context);
+        } else {
+            telemetry::link(&span, &context);
+        }
+    }
+    span
 }
 
 /// The evaluation summary as a table.

@@ -1,4 +1,4 @@
-//! What every example program does first: log to stderr, load the config, connect, and turn
+//! What every example program does first: load the config, set up telemetry, connect, and turn
 //! Ctrl-C and SIGTERM into a graceful stop that never hangs.
 
 use std::future::Future;
@@ -39,22 +39,6 @@ impl AppSettings {
 /// How long a service may take to stop after it was told to.
 pub const STOP_WITHIN: Duration = Duration::from_secs(10);
 
-/// Logs to stderr through `tracing` (the library's warnings: connection lost, reconnecting,
-/// publish retried ...), filtered by `RUST_LOG` (default `warn`); `BUS_LOG=json` writes JSON
-/// lines instead of text.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("BUS_LOG").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 /// A connected service.
 #[derive(Debug)]
 pub struct Service {
@@ -68,14 +52,18 @@ pub struct Service {
     pub format: EventFormat,
     /// The connection.
     pub bus: Bus,
+    /// Logs, spans and metrics, set up from `[telemetry]` and the `OTEL_*` variables (see
+    /// [`bus::telemetry::init`]); dropped last, it flushes the spans not exported yet.
+    pub telemetry: bus::telemetry::Telemetry,
 }
 
 impl Service {
-    /// Logs (see [`init_logging`]), loads the config for `name` (see [`Config::load_as`]) and
-    /// connects.
+    /// Loads the config for `name` (see [`Config::load_as`]), sets up telemetry (logs on
+    /// stderr filtered by `RUST_LOG`, spans exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
+    /// metrics on `telemetry.prometheus`) and connects.
     pub async fn start(name: &'static str) -> Result<Service> {
-        init_logging();
         let config = Config::load_as(name)?;
+        let telemetry = bus::telemetry::init(name, &config.telemetry)?;
         let settings: AppSettings = config.section("app")?;
         let format = config.event_format();
         let bus = bus::connect(&config).await?;
@@ -90,6 +78,7 @@ impl Service {
             settings,
             format,
             bus,
+            telemetry,
         })
     }
 }

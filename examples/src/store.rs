@@ -40,6 +40,9 @@ pub struct Held {
     pub event_id: String,
     /// The event's `data`, JSON.
     pub data: String,
+    /// The W3C `traceparent` it arrived with, so the evaluation continues its trace even
+    /// after a restart.
+    pub traceparent: Option<String>,
 }
 
 /// A program whose join waited too long: its name and the half that came.
@@ -103,6 +106,15 @@ impl JoinStore {
              );",
         )
         .map_err(|e| db_error("creating the tables", e))?;
+        // Stores written before trace context was kept have no `traceparent` column.
+        let has_traceparent = db
+            .prepare("SELECT 1 FROM pragma_table_info('pending') WHERE name = 'traceparent'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(|e| db_error("reading the table layout", e))?;
+        if !has_traceparent {
+            db.execute_batch("ALTER TABLE pending ADD COLUMN traceparent TEXT;")
+                .map_err(|e| db_error("adding the traceparent column", e))?;
+        }
         Ok(JoinStore { db: Mutex::new(db) })
     }
 
@@ -127,9 +139,17 @@ impl JoinStore {
     pub fn hold(&self, program: &str, half: Half, held: &Held) -> Result<()> {
         self.db()
             .execute(
-                "INSERT OR REPLACE INTO pending (program, half, event_id, data, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![program, half.as_str(), held.event_id, held.data, now_secs()],
+                "INSERT OR REPLACE INTO pending
+                     (program, half, event_id, data, received_at, traceparent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    program,
+                    half.as_str(),
+                    held.event_id,
+                    held.data,
+                    now_secs(),
+                    held.traceparent
+                ],
             )
             .map(|_| ())
             .map_err(|e| db_error("storing a message", e))
@@ -140,12 +160,13 @@ impl JoinStore {
         let db = self.db();
         let get = |half: Half| {
             db.query_row(
-                "SELECT event_id, data FROM pending WHERE program = ?1 AND half = ?2",
+                "SELECT event_id, data, traceparent FROM pending WHERE program = ?1 AND half = ?2",
                 params![program, half.as_str()],
                 |row| {
                     Ok(Held {
                         event_id: row.get(0)?,
                         data: row.get(1)?,
+                        traceparent: row.get(2)?,
                     })
                 },
             )
@@ -185,7 +206,7 @@ impl JoinStore {
         let db = self.db();
         let mut statement = db
             .prepare(
-                "SELECT program, half, event_id, data FROM pending
+                "SELECT program, half, event_id, data, traceparent FROM pending
                  WHERE program IN (SELECT program FROM pending GROUP BY program
                                    HAVING COUNT(*) = 1 AND MIN(received_at) <= ?1)",
             )
@@ -198,6 +219,7 @@ impl JoinStore {
                     Held {
                         event_id: row.get(2)?,
                         data: row.get(3)?,
+                        traceparent: row.get(4)?,
                     },
                 ))
             })
