@@ -9,24 +9,34 @@ use std::time::Duration;
 
 use bus::cloudevents::AttributesReader;
 use bus::Topic;
-use bus_examples::schema::{PatchEvaluation, Verdict, PATCH_EVALUATION_TYPE};
+use bus_examples::schema::{
+    CrashDetail, PatchEvaluation, Verdict, CRASH_DETAIL_TOPIC, PATCH_EVALUATION_TYPE,
+};
 use bus_testkit::mosquitto::Mosquitto;
 use common::{binary, BrokerEnv, Example};
 
 const PROGRAMS: [&str; 3] = ["boflow1", "boflow2", "fmtcat"];
 
-/// Reads evaluations until one per program arrived; each must say `fixed`.
+/// Reads evaluations until one per program arrived; each must say `fixed`. Returns each
+/// program's trace id as the evaluation carried it.
 async fn expect_three_fixed(
     evaluations: &bus::cloudevents::EventSubscription<PatchEvaluation>,
     name: &str,
-) {
+) -> BTreeMap<String, String> {
     let mut seen = BTreeMap::new();
+    let mut traces = BTreeMap::new();
     while seen.len() < PROGRAMS.len() {
         let evaluation = tokio::time::timeout(Duration::from_secs(120), evaluations.receive())
             .await
             .unwrap_or_else(|_| panic!("{}: evaluations missing, got {seen:?}", name))
             .expect("an evaluation event");
         assert_eq!(evaluation.event.ty(), PATCH_EVALUATION_TYPE);
+        if let Some(context) = evaluation.trace_context() {
+            traces.insert(
+                evaluation.data.executable_name.clone(),
+                context.trace_id().to_string(),
+            );
+        }
         seen.insert(
             evaluation.data.executable_name.clone(),
             evaluation.data.clone(),
@@ -41,6 +51,7 @@ async fn expect_three_fixed(
         assert_eq!(evaluation.verdict, Verdict::Fixed, "{evaluation:?}");
         assert_eq!(evaluation.llm_name, "offline-stub");
     }
+    traces
 }
 
 /// Runs the four services on `env` (plus `service_vars` for the services only) and checks
@@ -50,6 +61,14 @@ async fn four_services(env: BrokerEnv, producer_mode: &str, service_vars: &[(&st
     let bus = bus::connect(&env.config()).await.expect("test connects");
     let env = env.with(service_vars);
     let evaluations = common::observe_evaluations(&bus).await;
+    let crashes = bus
+        .subscriber
+        .subscribe(
+            &bus::Topic::new(CRASH_DETAIL_TOPIC).unwrap(),
+            bus::SubscriptionOptions::new("test-observer").unwrap(),
+        )
+        .await
+        .unwrap();
 
     let mut evaluator = Example::start(
         "patch-evaluation",
@@ -65,7 +84,24 @@ async fn four_services(env: BrokerEnv, producer_mode: &str, service_vars: &[(&st
     fuzzer.wait_success();
     scanner.wait_success();
 
-    expect_three_fixed(&evaluations, env.name).await;
+    let evaluation_traces = expect_three_fixed(&evaluations, env.name).await;
+    // Across four processes, each evaluation continues the trace its crash report started.
+    let mut crash_traces = BTreeMap::new();
+    while crash_traces.len() < PROGRAMS.len() {
+        let crash = tokio::time::timeout(Duration::from_secs(60), crashes.receive())
+            .await
+            .expect("the crash reports")
+            .unwrap();
+        let event = bus::cloudevents::decode_event(crash.message()).unwrap();
+        let data: CrashDetail = bus::cloudevents::event_data(&event).unwrap();
+        let context = crash
+            .trace_context()
+            .expect("a crash report carries a traceparent");
+        crash_traces.insert(data.executable_name, context.trace_id().to_string());
+        crash.ack().await.unwrap();
+    }
+    assert_eq!(evaluation_traces, crash_traces, "{}", env.name);
+    crashes.close().await.unwrap();
 
     // patch-evaluation stops by itself after the three it expects, with its summary.
     evaluator.wait_success();

@@ -105,3 +105,63 @@ async fn patch_responses_are_read_by_paho_as_the_python_evaluator_does_on_mosqui
     dispatch.terminate();
     dispatch.wait_success();
 }
+
+/// A scan result from a Python service carrying a W3C `traceparent` (as an MQTT 5 user property,
+/// or as the CloudEvents extension inside the event over MQTT 3.1.1) is continued by
+/// llm-dispatch: its patch response carries the same trace id and a span of its own.
+async fn llm_dispatch_continues_a_python_trace(carried_as: &str) {
+    let broker = Mosquitto::start();
+    let env = BrokerEnv::mosquitto(&broker);
+    let bus = bus::connect(&env.config()).await.expect("test connects");
+    let topic = bus::Topic::new(bus_examples::schema::PATCH_RESPONSE_TOPIC).unwrap();
+    let observer = bus
+        .subscriber
+        .subscribe(
+            &topic,
+            bus::SubscriptionOptions::new("trace-observer").unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut dispatch = Example::start("llm-dispatch", &[], &env);
+    dispatch.expect_line("stdout", "ready");
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let port = broker.port().to_string();
+    Example::python(
+        "send_scan_result.py",
+        &["127.0.0.1", &port, "boflow1.c", traceparent, carried_as],
+    )
+    .wait_success();
+    let patch = tokio::time::timeout(Duration::from_secs(60), observer.receive())
+        .await
+        .expect("a patch response arrives")
+        .unwrap();
+    let context = patch
+        .trace_context()
+        .expect("the patch response carries a traceparent");
+    assert_eq!(
+        context.trace_id(),
+        "0af7651916cd43dd8448eb211c80319c",
+        "{carried_as}"
+    );
+    assert_ne!(
+        context.span_id(),
+        "b7ad6b7169203331",
+        "llm-dispatch's own span"
+    );
+    assert!(context.sampled());
+    patch.ack().await.unwrap();
+    dispatch.terminate();
+    dispatch.wait_success();
+    observer.close().await.unwrap();
+    bus.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_dispatch_continues_a_paho_traceparent_user_property_on_mosquitto() {
+    llm_dispatch_continues_a_python_trace("property").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_dispatch_continues_a_cloudevents_traceparent_extension_on_mosquitto() {
+    llm_dispatch_continues_a_python_trace("extension").await;
+}
