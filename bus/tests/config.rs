@@ -472,3 +472,36 @@ fn gcp_endpoint_errors_name_the_key_and_real_pubsub_points_at_credentials() {
     assert!(err.contains("Application Default Credentials"), "{err}");
     assert!(!err.contains("is the emulator running"), "{err}");
 }
+
+#[test]
+fn telemetry_settings_are_read_and_checked() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "bus.toml",
+            "[telemetry]\nlog = \"json\"\nprometheus = \"127.0.0.1:9464\"",
+        )?;
+        let config = Config::load().expect("valid");
+        assert_eq!(config.telemetry.log, bus::telemetry::LogFormat::Json);
+        assert_eq!(
+            config.telemetry.prometheus,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        Ok(())
+    });
+    let message = config_error(|jail| {
+        jail.set_env("BUS_TELEMETRY__PROMETHEUS", "localhost");
+        Ok(())
+    });
+    assert!(message.contains("BUS_TELEMETRY__PROMETHEUS"), "{message}");
+    assert!(message.contains("telemetry.prometheus"), "{message}");
+    let message = config_error(|jail| {
+        jail.set_env("BUS_TELEMETRY__LOG", "xml");
+        Ok(())
+    });
+    assert!(message.contains("text, json"), "{message}");
+    let message = config_error(|jail| {
+        jail.create_file("bus.toml", "[telemetry]\nprometheus_port = 9464")?;
+        Ok(())
+    });
+    assert!(message.contains("prometheus_port"), "{message}");
+}

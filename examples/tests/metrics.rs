@@ -1,0 +1,114 @@
+//! The Prometheus endpoint a service serves with `[telemetry] prometheus`: scraped over HTTP
+//! while `consume` runs on Mosquitto, its counters match the messages sent.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use bus::{Message, Topic};
+use bus_examples::{DEMO_TOPIC, REPLY_TOPIC};
+use bus_testkit::mosquitto::Mosquitto;
+use common::{BrokerEnv, Example};
+
+/// GET /metrics from `address`.
+fn scrape(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("the endpoint listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample of `metric` whose labels include every one of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_endpoint_counts_what_consume_did_on_mosquitto() {
+    let broker = Mosquitto::start();
+    let address = format!("127.0.0.1:{}", bus_testkit::process::free_port());
+    let env = BrokerEnv::mosquitto(&broker);
+    let consume = Example::start(
+        "consume",
+        &[],
+        &env.with(&[("BUS_TELEMETRY__PROMETHEUS", &address)]),
+    );
+    consume.expect_line("stderr", "ready");
+
+    let bus = bus::connect(&env.config()).await.expect("test connects");
+    let topic = Topic::new(DEMO_TOPIC).unwrap();
+    for i in 0..6 {
+        bus.publisher
+            .publish(&topic, Message::new(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    // "Hello" makes consume publish one reply.
+    bus.publisher
+        .publish(&topic, Message::new("Hello"))
+        .await
+        .unwrap();
+    consume.expect_line("stdout", "It works");
+
+    let subscription = r#"subscription="consume""#;
+    let started = Instant::now();
+    let text = loop {
+        let text = scrape(&address);
+        if sample(&text, "bus_messages_acked_total", &[subscription]) == Some(7.0) {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "acks not counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let on_topic = format!(r#"topic="{DEMO_TOPIC}""#);
+    let labels = [subscription, on_topic.as_str(), r#"system="mqtt""#];
+    assert_eq!(
+        sample(&text, "bus_messages_delivered_total", &labels),
+        Some(7.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "bus_messages_nacked_total", &labels),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "bus_messages_in_flight", &labels),
+        Some(0.0),
+        "{text}"
+    );
+    let reply = format!(r#"topic="{REPLY_TOPIC}""#);
+    assert_eq!(
+        sample(
+            &text,
+            "bus_messages_published_total",
+            &[reply.as_str(), r#"outcome="ok""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("bus_publish_duration_seconds"),
+        "publish latency:\n{text}"
+    );
+    eprintln!("{text}");
+    consume.terminate();
+    bus.close().await.unwrap();
+}
