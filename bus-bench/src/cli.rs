@@ -10,6 +10,7 @@ use clap::{Subcommand, ValueEnum};
 
 use crate::clients::{self, Broker, MqttVersion};
 use crate::measure::{self, BenchResult, Params, HEADER_BYTES};
+use crate::telemetry_cost::TelemetryMode;
 use crate::{python, report, scenarios, soak};
 
 /// What `bus bench` runs.
@@ -149,6 +150,44 @@ pub enum BenchCommand {
         /// Streaming pulls per bus-gcp consumer.
         #[arg(long, default_value_t = 4)]
         streams: usize,
+    },
+    /// What telemetry costs on MQTT end to end: rounds of four runs in a rotating order, each
+    /// in a process of its own — bus without its telemetry layer, with it but nothing
+    /// installed (`off`), with spans recorded and metrics kept (`on`: OpenTelemetry SDK, no
+    /// exporter; Prometheus recorder), and with spans exported over OTLP/HTTP to a local sink
+    /// (`otlp`). Prints each run, then the medians and the per-round ratios.
+    Telemetry {
+        /// Messages per run.
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Payload bytes (at least 16).
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// Publishes in flight at once.
+        #[arg(long, default_value_t = 1024)]
+        publishers: usize,
+    },
+    /// One run of `telemetry` (started by it, in a process of its own).
+    #[command(hide = true)]
+    TelemetryRun {
+        /// What is installed.
+        #[arg(long, value_enum)]
+        mode: TelemetryMode,
+        /// The Mosquitto to use.
+        #[arg(long)]
+        port: u16,
+        /// Messages.
+        #[arg(long)]
+        messages: usize,
+        /// Payload bytes.
+        #[arg(long)]
+        payload: usize,
+        /// Publishes in flight at once.
+        #[arg(long)]
+        publishers: usize,
     },
     /// Draws the SVG chart from JSON lines written by `compare --json`.
     Chart {
@@ -504,6 +543,42 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 idle_timeout: Duration::from_secs(60),
             };
             bridge_rounds(rounds, &params).await
+        }
+        BenchCommand::Telemetry {
+            messages,
+            rounds,
+            payload,
+            publishers,
+        } => {
+            if payload < HEADER_BYTES || messages == 0 || publishers == 0 {
+                return Err(format!(
+                    "--payload must be at least {HEADER_BYTES}; --messages and --publishers at least 1"
+                ));
+            }
+            crate::telemetry_cost::rounds(rounds, messages, payload, publishers).await
+        }
+        BenchCommand::TelemetryRun {
+            mode,
+            port,
+            messages,
+            payload,
+            publishers,
+        } => {
+            let params = Params {
+                messages,
+                payload,
+                publishers,
+                consumers: 1,
+                qos: 1,
+                streams: 1,
+                idle_timeout: Duration::from_secs(60),
+            };
+            let result = crate::telemetry_cost::run(mode, port, &params).await?;
+            println!(
+                "{}",
+                serde_json::to_string(&result).map_err(|e| e.to_string())?
+            );
+            Ok(())
         }
         BenchCommand::Run { common, client } => {
             let params = common.params()?;

@@ -91,7 +91,7 @@ fn shares(params: &Params) -> Vec<Vec<u64>> {
 /// bus on any backend: `publishers` tasks publish (each waits for its confirmation),
 /// `consumers` competing consumers receive and ack.
 pub async fn bus(broker: &Broker, params: &Params) -> BenchResult {
-    let mut result = across(broker, broker, None, params).await;
+    let mut result = across(broker, broker, None, params, true).await;
     result.variant = match broker {
         Broker::Memory => "bus-memory".into(),
         Broker::Mqtt { .. } => format!("bus-mqtt MQTT 5 QoS {}", params.qos),
@@ -108,7 +108,7 @@ pub async fn bridged(
     bus_program: &std::path::Path,
     params: &Params,
 ) -> BenchResult {
-    let mut result = across(from, to, Some(bus_program), params).await;
+    let mut result = across(from, to, Some(bus_program), params, true).await;
     result.backend = format!("{}->{}", from.backend(), to.backend());
     result.client = "bridge".into();
     result.variant = format!("bus bridge, {} stream(s)", params.streams);
@@ -186,16 +186,49 @@ fn stop_bridge(mut child: std::process::Child) {
     let _ = child.wait();
 }
 
+/// bus without its telemetry layer (the backend crate's own `connect`): what the layer costs
+/// when no subscriber or recorder is installed.
+pub async fn bus_without_telemetry(broker: &Broker, params: &Params) -> BenchResult {
+    let mut result = across(broker, broker, None, params, false).await;
+    result.variant = format!("bus on {}, no telemetry layer", broker.backend());
+    result
+}
+
+/// Connects as `bus::connect` does, with or without the telemetry layer.
+async fn connect(config: &bus::Config, instrumented: bool) -> bus::Bus {
+    if instrumented {
+        return bus::connect(config).await.expect("bus connects");
+    }
+    let backend: Box<dyn bus::Backend> = match config.backend {
+        bus::BackendKind::Memory => Box::new(
+            bus::memory::MemoryBackend::connect(&config.memory)
+                .await
+                .expect("memory"),
+        ),
+        bus::BackendKind::Mqtt => Box::new(
+            bus::mqtt::MqttBackend::connect(&config.section("mqtt").expect("mqtt section"))
+                .await
+                .expect("bus connects"),
+        ),
+        bus::BackendKind::Gcp => Box::new(
+            bus::gcp::GcpBackend::connect(&config.section("gcp").expect("gcp section"))
+                .await
+                .expect("bus connects"),
+        ),
+        other => panic!("no backend {other:?} in the bench"),
+    };
+    bus::Bus::new(backend)
+}
+
 async fn across(
     from: &Broker,
     to: &Broker,
     bridge: Option<&std::path::Path>,
     params: &Params,
+    instrumented: bool,
 ) -> BenchResult {
     let run = run_id();
-    let connection = bus::connect(&to.bus_config(params, &format!("{run}-to")))
-        .await
-        .expect("bus connects");
+    let connection = connect(&to.bus_config(params, &format!("{run}-to")), instrumented).await;
     let topic = Topic::new(format!("bench/{run}")).expect("topic");
     let options = SubscriptionOptions::new("bench").expect("name");
     let mut consumers = Vec::new();

@@ -11,6 +11,7 @@
 //! bus bench chart --input results.jsonl --output bench/throughput.svg
 //! bus bench soak --backend mqtt|gcp|memory --minutes 10   # RELIABILITY.md
 //! bus bench bridge                # bus bridge mqtt->gcp against each side alone
+//! bus bench telemetry             # MQTT: the cost of spans, metrics and OTLP export
 //! ```
 //!
 //! Every message carries its send time and a sequence number: the consumer side reports
@@ -23,5 +24,7 @@ mod python;
 mod report;
 mod scenarios;
 mod soak;
+mod telemetry_cost;
 
 pub use cli::{run, BenchCommand};
+pub use telemetry_cost::TelemetryMode;

@@ -150,18 +150,24 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    // A short command reports its outcome in one line; the long-running bridge also warns
-    // about what it retries. RUST_LOG shows more.
-    let quiet = match cli.command {
-        Command::Bridge(_) => "warn,rumqttc=error",
-        _ => "error",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // A short command reports its outcome in one line (RUST_LOG shows more). The long-running
+    // bridge, and a run of `bus bench telemetry`, set up telemetry as services do
+    // (`bus::telemetry::init`: logs, spans, metrics) once their config is loaded.
+    let services_telemetry = matches!(
+        cli.command,
+        Command::Bridge(_)
+            | Command::Bench {
+                command: bus_bench::BenchCommand::TelemetryRun { .. }
+            }
+    );
+    if !services_telemetry {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -253,6 +259,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Bridge(args) => {
             let config = load(&cli.config, None, &[])?;
+            let _telemetry = bus::telemetry::init("bus-bridge", &config.telemetry)
+                .map_err(|e| Failure::Failed(one_line(&e.to_string())))?;
             bridge::run(&config, args, &shutdown).await
         }
     }

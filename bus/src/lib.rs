@@ -429,6 +429,17 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
+    /// A publisher and a subscriber on `backend` (as [`connect`] makes them, for a backend
+    /// connected by other means, e.g. a backend crate's own `connect`; wrap it in
+    /// [`telemetry::Instrumented`] for spans and metrics).
+    pub fn new(backend: Box<dyn Backend>) -> Bus {
+        Bus {
+            publisher: backend.publisher(),
+            subscriber: backend.subscriber(),
+            backend,
+        }
+    }
+
     /// The backend, for more publishers and subscribers on the same connections.
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
@@ -449,12 +460,7 @@ impl Bus {
 /// Asking for a backend whose Cargo feature is not enabled is an [`ErrorKind::Config`] error
 /// naming the feature.
 pub async fn connect(config: &Config) -> Result<Bus> {
-    let backend = connect_backend(config).await?;
-    Ok(Bus {
-        publisher: backend.publisher(),
-        subscriber: backend.subscriber(),
-        backend,
-    })
+    Ok(Bus::new(connect_backend(config).await?))
 }
 
 /// Connects to the backend the config names: each backend crate is entered the same way, with

@@ -3,7 +3,7 @@
 //! the way operators expect:
 //!
 //! - logs on stderr, text or JSON lines (`telemetry.log = "json"`, `BUS_TELEMETRY__LOG=json`
-//!   or `BUS_LOG=json`), filtered by `RUST_LOG` (default `warn`);
+//!   or `BUS_LOG=json`), filtered by `RUST_LOG` (default `warn,rumqttc=error`);
 //! - OpenTelemetry spans, exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and configured by the standard `OTEL_*`
 //!   variables; without an endpoint spans are still made, so trace context still travels from
@@ -128,8 +128,11 @@ mod setup {
 
         let json = config.log == LogFormat::Json
             || std::env::var("BUS_LOG").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-        let log_filter =
-            || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+        // rumqttc's own warnings repeat bus-mqtt's (connection lost, reconnecting).
+        let log_filter = || {
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,rumqttc=error"))
+        };
         let log = if json {
             tracing_subscriber::fmt::layer()
                 .json()

@@ -1,0 +1,250 @@
+//! `bus bench telemetry`: what spans, metrics and OTLP export cost bus on MQTT, each mode in a
+//! process of its own (a `tracing` subscriber and a `metrics` recorder are process-wide).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_testkit::mosquitto::Mosquitto;
+
+use crate::clients::{self, Broker};
+use crate::measure::{BenchResult, Params};
+
+/// What a run has installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TelemetryMode {
+    /// bus without its telemetry layer.
+    Bare,
+    /// The layer, with no subscriber and no recorder (a library user who set up nothing).
+    Off,
+    /// `bus::telemetry::init`: spans recorded by the OpenTelemetry SDK (no exporter) and
+    /// metrics kept by the Prometheus recorder.
+    On,
+    /// As `on`, with spans exported over OTLP/HTTP to a local sink.
+    Otlp,
+}
+
+impl TelemetryMode {
+    fn name(self) -> &'static str {
+        match self {
+            TelemetryMode::Bare => "bare",
+            TelemetryMode::Off => "off",
+            TelemetryMode::On => "on",
+            TelemetryMode::Otlp => "otlp",
+        }
+    }
+}
+
+const MODES: [TelemetryMode; 4] = [
+    TelemetryMode::Bare,
+    TelemetryMode::Off,
+    TelemetryMode::On,
+    TelemetryMode::Otlp,
+];
+
+/// One run in this process (the child's side).
+pub async fn run(mode: TelemetryMode, port: u16, params: &Params) -> Result<BenchResult, String> {
+    let _telemetry = match mode {
+        TelemetryMode::On | TelemetryMode::Otlp => {
+            let config = bus::telemetry::TelemetryConfig {
+                prometheus: Some(([127, 0, 0, 1], 0).into()),
+                ..Default::default()
+            };
+            Some(bus::telemetry::init("bench", &config).map_err(|e| e.to_string())?)
+        }
+        TelemetryMode::Bare | TelemetryMode::Off => None,
+    };
+    let broker = Broker::Mqtt { port };
+    Ok(match mode {
+        TelemetryMode::Bare => clients::bus_without_telemetry(&broker, params).await,
+        _ => clients::bus(&broker, params).await,
+    })
+}
+
+/// An OTLP/HTTP endpoint that accepts everything: counts requests and body bytes.
+struct Sink {
+    address: String,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Sink {
+    fn start() -> Result<Sink, String> {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let (requests, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let counters = (requests.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let counters = counters.clone();
+                std::thread::spawn(move || serve(stream, &counters.0, &counters.1));
+            }
+        });
+        Ok(Sink {
+            address,
+            requests,
+            bytes,
+        })
+    }
+}
+
+/// Answers HTTP/1.1 requests on one connection with 200 and an empty body until it closes.
+fn serve(stream: std::net::TcpStream, requests: &AtomicU64, bytes: &AtomicU64) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        requests.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(length as u64, Ordering::Relaxed);
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn child(
+    program: &std::path::Path,
+    mode: TelemetryMode,
+    port: u16,
+    sink: &Sink,
+    params: &Params,
+) -> Result<BenchResult, String> {
+    let mut command = std::process::Command::new(program);
+    command
+        .args(["bench", "telemetry-run", "--mode", mode.name()])
+        .args(["--port", &port.to_string()])
+        .args(["--messages", &params.messages.to_string()])
+        .args(["--payload", &params.payload.to_string()])
+        .args(["--publishers", &params.publishers.to_string()])
+        .stderr(std::process::Stdio::inherit());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+        command.env_remove(key);
+    }
+    if mode == TelemetryMode::Otlp {
+        command.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", sink.address),
+        );
+    }
+    let output = command.output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| format!("{} run printed no result: {stdout}", mode.name()))?;
+    serde_json::from_str(line).map_err(|e| format!("{} run: {e}: {line}", mode.name()))
+}
+
+fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    match (values.first(), values.last()) {
+        (Some(&low), Some(&high)) => (values[values.len() / 2], low, high),
+        _ => (0.0, 0.0, 0.0),
+    }
+}
+
+/// The parent's side: one Mosquitto, one sink, `rounds` rounds of the four modes in a
+/// rotating order.
+pub async fn rounds(
+    rounds: usize,
+    messages: usize,
+    payload: usize,
+    publishers: usize,
+) -> Result<(), String> {
+    let program = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mosquitto = Mosquitto::start();
+    let sink = Sink::start()?;
+    let params = Params {
+        messages,
+        payload,
+        publishers,
+        consumers: 1,
+        qos: 1,
+        streams: 1,
+        idle_timeout: Duration::from_secs(60),
+    };
+    let mut warm_up = params.clone();
+    warm_up.messages = (messages / 10).max(1);
+    for mode in MODES {
+        child(&program, mode, mosquitto.port(), &sink, &warm_up)?;
+    }
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds.max(1) {
+        let mut this_round = [0.0; 4];
+        for step in 0..MODES.len() {
+            let which = (round + step) % MODES.len();
+            let mode = MODES[which];
+            let result = child(&program, mode, mosquitto.port(), &sink, &params)?;
+            if result.lost > 0 {
+                return Err(format!(
+                    "{}: {} of {messages} messages lost",
+                    mode.name(),
+                    result.lost
+                ));
+            }
+            println!(
+                "round {}: {:<5} {:>9.0} msg/s end to end, p50 {:>7} us, p99 {:>8} us",
+                round + 1,
+                mode.name(),
+                result.e2e_msgs_per_s,
+                result.p50_us,
+                result.p99_us
+            );
+            this_round[which] = result.e2e_msgs_per_s;
+            rates[which].push(result.e2e_msgs_per_s);
+        }
+        ratios[0].push(this_round[1] / this_round[0]);
+        ratios[1].push(this_round[2] / this_round[1]);
+        ratios[2].push(this_round[3] / this_round[1]);
+    }
+    println!();
+    for (mode, rates) in MODES.iter().zip(rates) {
+        let (median, low, high) = median_and_spread(rates);
+        println!(
+            "{:<5} median {median:>9.0} msg/s (min {low:.0}, max {high:.0})",
+            mode.name()
+        );
+    }
+    for (name, ratios) in ["off / bare", "on / off", "otlp / off"].iter().zip(ratios) {
+        let (median, low, high) = median_and_spread(ratios);
+        println!("{name:<10} per round: median {median:.3} (min {low:.3}, max {high:.3})");
+    }
+    println!(
+        "{} rounds of {messages} messages of {payload} B, MQTT QoS 1, {publishers} in flight; the OTLP sink took {} requests, {} bytes",
+        rounds.max(1),
+        sink.requests.load(Ordering::Relaxed),
+        sink.bytes.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
