@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod runtime;
 pub mod schema;
 pub mod store;
+pub mod waterfall;
 
 /// The seed's demo topic.
 pub const DEMO_TOPIC: &str = "python/mqtt";

@@ -22,6 +22,11 @@ fn validate(files: &[&str]) {
         copy.path().join("deploy/mosquitto"),
     )
     .unwrap();
+    std::os::unix::fs::symlink(
+        root.join("deploy/prometheus.yml"),
+        copy.path().join("deploy/prometheus.yml"),
+    )
+    .unwrap();
     std::fs::copy(
         root.join("deploy/mqtt.env.example"),
         copy.path().join("deploy/mqtt.env"),
@@ -53,6 +58,8 @@ fn validate(files: &[&str]) {
         "fuzzing-service:",
         "autopatch-docker-network:",
         "eclipse-mosquitto:2.0.20",
+        "BUS_TELEMETRY__PROMETHEUS",
+        "9464",
     ] {
         assert!(config.contains(service), "{files:?} defines {service}");
     }

@@ -16,6 +16,7 @@ use bus_examples::pipeline::{
 };
 use bus_examples::schema::*;
 use bus_examples::store::JoinStore;
+use bus_examples::waterfall::{svg, Bar};
 use bus_testkit::mosquitto::Mosquitto;
 use common::BrokerEnv;
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
@@ -176,12 +177,6 @@ async fn one_trace_per_program(env: BrokerEnv) {
             send.span_context.span_id(),
             "process is the send's child"
         );
-        let attribute = |span: &SpanData, key: &str| {
-            span.attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == key)
-                .map(|kv| kv.value.to_string())
-        };
         let system = match env.name {
             "gcp" => "gcp_pubsub",
             other => other,
@@ -209,10 +204,107 @@ async fn one_trace_per_program(env: BrokerEnv) {
             "{program}: the evaluation links the scan's trace"
         );
     }
+    // The README's picture: the first program's two traces, as the services see them.
+    let (program, crash_trace) = crashes.iter().next().unwrap();
+    let picture = waterfall(program, crash_trace, &scans[program]);
+    for expected in [
+        "[fuzzing-service] send autopatch/crash_detail",
+        "[llm-dispatch] process autopatch/cpg-scan-result",
+        "[patch-evaluation] evaluate",
+        "[patch-evaluation] send autopatch/patch_evaluation",
+    ] {
+        assert!(picture.contains(expected), "{expected}:\n{picture}");
+    }
+    if env.name == "mqtt" && std::env::var_os("BUS_WRITE_DOCS").is_some() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/trace-waterfall.svg");
+        std::fs::write(&path, picture).unwrap();
+    }
     for observer in observers {
         observer.close().await.unwrap();
     }
     bus.close().await.unwrap();
+}
+
+/// Which service made a span: a consumer's span names its subscription (the service's name),
+/// a producer's is known by the topic it sends to.
+fn service_of(span: &SpanData) -> Option<&'static str> {
+    let subscription = attribute(span, "messaging.destination.subscription.name");
+    let topic = attribute(span, "messaging.destination.name");
+    Some(match (subscription.as_deref(), topic.as_deref()) {
+        (Some("trace-observer"), _) => return None,
+        (Some("patch-evaluation"), _) => "patch-evaluation",
+        (Some("llm-dispatch"), _) => "llm-dispatch",
+        (None, Some(CRASH_DETAIL_TOPIC)) => "fuzzing-service",
+        (None, Some(SCAN_RESULT_TOPIC)) => "cpg-generator",
+        (None, Some(PATCH_RESPONSE_TOPIC)) => "llm-dispatch",
+        (None, Some(PATCH_EVALUATION_TOPIC)) | (None, None) => "patch-evaluation",
+        _ => return None,
+    })
+}
+
+fn attribute(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+/// The waterfall of `program`'s crash trace and of the scan trace its evaluation links.
+fn waterfall(program: &str, crash_trace: &str, scan_trace: &str) -> String {
+    let mut bars = Vec::new();
+    for (section, trace) in [crash_trace, scan_trace].into_iter().enumerate() {
+        let mut spans = spans_of(trace);
+        spans.sort_by_key(|s| s.start_time);
+        let parents: std::collections::HashMap<_, _> = spans
+            .iter()
+            .map(|s| (s.span_context.span_id(), s.parent_span_id))
+            .collect();
+        // A settle span of an observer's delivery belongs to the observer too.
+        let shown: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| {
+                let owner = if s.name.starts_with("ack ") || s.name.starts_with("nack ") {
+                    spans
+                        .iter()
+                        .find(|p| p.span_context.span_id() == s.parent_span_id)
+                } else {
+                    Some(*s)
+                };
+                owner.and_then(service_of).is_some()
+            })
+            .collect();
+        for span in shown {
+            let mut depth = 0;
+            let mut parent = span.parent_span_id;
+            while let Some(next) = parents.get(&parent) {
+                depth += 1;
+                parent = *next;
+            }
+            let owner = spans
+                .iter()
+                .find(|p| {
+                    p.span_context.span_id() == span.parent_span_id && span.name.contains("ack ")
+                })
+                .unwrap_or(span);
+            let service = service_of(owner).unwrap_or("?");
+            bars.push(Bar {
+                label: format!("[{service}] {}", span.name),
+                start: span.start_time,
+                end: span.end_time,
+                depth,
+                section,
+            });
+        }
+    }
+    svg(
+        &format!("One program ({program}) through the pipeline: two traces, joined by a link"),
+        &[
+            "trace 1: the crash report (fuzzing-service → patch-evaluation); the evaluation continues it",
+            "trace 2: the scan result (cpg-generator → llm-dispatch → patch-evaluation), linked by the evaluation",
+        ],
+        &bars,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
