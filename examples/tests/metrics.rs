@@ -112,3 +112,60 @@ async fn the_prometheus_endpoint_counts_what_consume_did_on_mosquitto() {
     consume.terminate();
     bus.close().await.unwrap();
 }
+
+/// A trace collector that accepts connections and never answers holds up neither messages nor
+/// the stop: export runs on its own thread and gives up at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_holds_nothing_up_on_mosquitto() {
+    let broker = Mosquitto::start();
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", blackhole.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in blackhole.incoming().map_while(Result::ok) {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let env = BrokerEnv::mosquitto(&broker);
+    let mut consume = Example::start(
+        "consume",
+        &[],
+        &env.with(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ]),
+    );
+    consume.expect_line("stderr", "ready");
+    let bus = bus::connect(&env.config()).await.expect("test connects");
+    let topic = Topic::new(DEMO_TOPIC).unwrap();
+    let started = Instant::now();
+    for i in 0..500 {
+        bus.publisher
+            .publish(&topic, Message::new(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    consume.expect_line("stdout", "message 499");
+    let took = started.elapsed();
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "consume tried to export to the collector"
+    );
+    let asked = Instant::now();
+    consume.terminate();
+    let status = consume.wait();
+    eprintln!(
+        "500 messages consumed in {took:?} with the collector silent; stopped in {:?}",
+        asked.elapsed()
+    );
+    assert!(status.success(), "{}", consume.transcript());
+    assert!(
+        asked.elapsed() < Duration::from_secs(12),
+        "stopped after {:?}",
+        asked.elapsed()
+    );
+    bus.close().await.unwrap();
+}
