@@ -267,8 +267,10 @@ impl Subscription for InstrumentedSubscription {
             messaging.delivery.attempt = delivery.attempt(),
         );
         #[cfg(feature = "otel")]
-        if let Some(context) = delivery.trace_context() {
-            super::otel::continue_trace(&span, &context);
+        if !span.is_disabled() {
+            if let Some(context) = delivery.trace_context() {
+                super::otel::continue_trace(&span, &context);
+            }
         }
         t.delivered.increment(1);
         if delivery.attempt() > 1 {

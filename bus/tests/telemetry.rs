@@ -1,0 +1,144 @@
+//! What the telemetry layer records, on the in-memory backend: spans (with the redelivery
+//! event), metrics for every outcome (rendered by the Prometheus recorder), and trace context
+//! that a malformed `traceparent` cannot break.
+#![cfg(feature = "otel")]
+
+use std::time::Duration;
+
+use bus::{Config, Message, SubscriptionOptions, Topic};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+// One test: the subscriber and the recorder are process-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_redeliveries_dead_letters_and_decode_errors_are_recorded() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+        .init();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+
+    let bus = bus::connect(&Config::default()).await.unwrap();
+    let topic = Topic::new("jobs").unwrap();
+    let dead = Topic::new("jobs-dead").unwrap();
+    let options = SubscriptionOptions::new("worker")
+        .unwrap()
+        .with_dead_letter(dead.clone(), 2);
+    let worker = bus.subscriber.subscribe(&topic, options).await.unwrap();
+    let graveyard = bus
+        .subscriber
+        .subscribe(&dead, SubscriptionOptions::new("graveyard").unwrap())
+        .await
+        .unwrap();
+
+    // A malformed traceparent: delivered as any message, in a new trace.
+    bus.publisher
+        .publish(
+            &topic,
+            Message::new("{\"n\": 1}").with_attribute("traceparent", "00-garbage"),
+        )
+        .await
+        .unwrap();
+    let first = worker.receive().await.unwrap();
+    assert_eq!(first.attempt(), 1);
+    first.nack().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), worker.receive())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.attempt(), 2);
+    second.nack().await.unwrap();
+    let buried = tokio::time::timeout(Duration::from_secs(10), graveyard.receive())
+        .await
+        .unwrap()
+        .unwrap();
+    buried.ack().await.unwrap();
+
+    // A payload that is not the expected JSON.
+    bus.publisher
+        .publish(&topic, Message::new("not json"))
+        .await
+        .unwrap();
+    let typed = bus::JsonSubscription::<serde_json::Value>::new(worker);
+    let mut error = typed.receive().await.expect_err("not JSON");
+    assert_eq!(error.kind(), bus::ErrorKind::Decode);
+    error.take_delivery().unwrap().ack().await.unwrap();
+
+    let text = metrics.render();
+    let worker_labels = [
+        r#"subscription="worker""#,
+        r#"topic="jobs""#,
+        r#"system="memory""#,
+    ];
+    for (metric, value) in [
+        ("bus_messages_delivered_total", 3.0),
+        ("bus_messages_redelivered_total", 1.0),
+        ("bus_messages_nacked_total", 2.0),
+        ("bus_messages_acked_total", 1.0),
+        ("bus_messages_in_flight", 0.0),
+        ("bus_messages_dead_lettered_total", 1.0),
+    ] {
+        assert_eq!(
+            sample(&text, metric, &worker_labels),
+            Some(value),
+            "{metric}:\n{text}"
+        );
+    }
+    assert_eq!(
+        sample(&text, "bus_decode_errors_total", &[r#"topic="jobs""#]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "bus_messages_published_total",
+            &[r#"topic="jobs""#, r#"outcome="ok""#]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let process: Vec<_> = spans.iter().filter(|s| s.name == "process jobs").collect();
+    assert_eq!(
+        process.len(),
+        3,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    // The malformed traceparent was not continued: a root span in a trace of its own.
+    assert!(
+        process.iter().all(
+            |s| s.parent_span_id == opentelemetry::trace::SpanId::INVALID
+                || spans
+                    .iter()
+                    .any(|p| p.span_context.span_id() == s.parent_span_id)
+        ),
+        "no remote parent from a malformed traceparent"
+    );
+    assert!(
+        process
+            .iter()
+            .any(|s| s.events.iter().any(|e| e.name == "redelivery")),
+        "the second delivery has a redelivery event"
+    );
+    let nacks = spans.iter().filter(|s| s.name == "nack worker").count();
+    assert_eq!(nacks, 2);
+    bus.close().await.unwrap();
+}
