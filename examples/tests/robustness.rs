@@ -296,3 +296,28 @@ async fn a_consumer_without_its_broker_says_so_on_the_pubsub_emulator() {
     );
     eprintln!("consume said so after {took:?}; {said} warnings in the next 30 s");
 }
+
+/// `telemetry.log = "json"`: the library's warnings arrive as one JSON object per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_on_mosquitto() {
+    let broker = Mosquitto::start();
+    let env = BrokerEnv::mosquitto(&broker).with(&[("BUS_TELEMETRY__LOG", "json")]);
+    let consume = Example::start("consume", &[], &env);
+    consume.expect_line("stderr", "ready");
+    broker.stop();
+    wait_for(&consume, "connection lost", Duration::from_secs(10));
+    let line = consume
+        .lines_of("stderr")
+        .into_iter()
+        .find(|l| l.contains("connection lost"))
+        .unwrap();
+    let object: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    assert_eq!(object["level"], "WARN", "{line}");
+    assert!(
+        object["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("connection lost")),
+        "{line}"
+    );
+}
