@@ -146,7 +146,16 @@ mod setup {
                 .boxed()
         };
         // Spans of bus and of the application; the transports' own (HTTP/2, gRPC) are noise.
-        let spans = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(
+        // Per span, only what the messaging conventions ask for: no source locations, thread
+        // names or busy/idle timings (each costs attributes or work on every poll).
+        let spans = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(
             EnvFilter::new(
                 "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,rumqttc=off,google_cloud_gax_internal=off,google_cloud_pubsub=off",
             ),

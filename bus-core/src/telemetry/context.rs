@@ -36,6 +36,16 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
+    /// A context from a span's parts as the OpenTelemetry SDK prints them (lowercase hex of
+    /// the right lengths), without parsing them again.
+    #[cfg(feature = "otel")]
+    pub(crate) fn from_parts(traceparent: String, tracestate: Option<String>) -> TraceContext {
+        TraceContext {
+            traceparent,
+            tracestate,
+        }
+    }
+
     /// Parses a `traceparent` (and keeps a `tracestate` of printable ASCII up to 512 bytes).
     /// Later versions than `00` are read by their first four fields, as W3C asks.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<TraceContext> {

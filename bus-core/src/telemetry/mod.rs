@@ -61,7 +61,9 @@ pub const ACKED_TOTAL: &str = "bus_messages_acked_total";
 pub const NACKED_TOTAL: &str = "bus_messages_nacked_total";
 /// Gauge: deliveries handed out and not settled yet.
 pub const IN_FLIGHT: &str = "bus_messages_in_flight";
-/// Counter: messages moved to a dead-letter topic after their last attempt.
+/// Counter: messages moved to a dead-letter topic after their last attempt, where bus moves
+/// them (memory, MQTT); Pub/Sub dead-letters on the server, which reports it in its own
+/// subscription metrics.
 pub const DEAD_LETTERED_TOTAL: &str = "bus_messages_dead_lettered_total";
 /// Counter: deliveries whose payload did not decode (JSON or CloudEvents).
 pub const DECODE_ERRORS_TOTAL: &str = "bus_decode_errors_total";

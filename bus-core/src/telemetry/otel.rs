@@ -24,10 +24,8 @@ pub(crate) fn inject(span: &tracing::Span, attributes: &mut Attributes) {
         sc.trace_flags()
     );
     let state = sc.trace_state().header();
-    let state = (!state.is_empty()).then_some(state.as_str());
-    if let Some(context) = TraceContext::parse(&traceparent, state) {
-        context.write_to(attributes);
-    }
+    TraceContext::from_parts(traceparent, (!state.is_empty()).then_some(state))
+        .write_to(attributes);
 }
 
 fn span_context(context: &TraceContext) -> Option<SpanContext> {
