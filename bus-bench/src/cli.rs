@@ -398,23 +398,66 @@ fn lineup(backend: Backend, params: &Params, python: bool) -> Vec<(Client, Param
     clients
 }
 
-async fn compare(common: &Common, runs: usize, python: bool) -> Result<Vec<BenchResult>, String> {
+/// Every client of the lineup, interleaved: after one warm-up run each, `runs` rounds in which
+/// each client runs once, in an order that rotates from round to round (so drift on a shared
+/// machine lands on every client alike). Returns each client's median with its spread, and
+/// per round the end-to-end rate of each client.
+async fn compare(
+    common: &Common,
+    runs: usize,
+    python: bool,
+) -> Result<(Vec<BenchResult>, Vec<Vec<f64>>), String> {
     let params = common.params()?;
     let running = Running::start(common.backend);
     let broker = running.broker();
-    let mut results = Vec::new();
-    for (client, params) in lineup(common.backend, &params, python) {
+    let lineup = lineup(common.backend, &params, python);
+    for (client, params) in &lineup {
         // Warm-up: connections, JIT of the emulator and the Python interpreter, page cache.
         let mut warm_up = params.clone();
         warm_up.messages = (params.messages / 10).clamp(1, 10_000);
-        run_client(&broker, client, &warm_up).await?;
-        let mut measured = Vec::new();
-        for _ in 0..runs.max(1) {
-            measured.push(run_client(&broker, client, &params).await?);
-        }
-        results.extend(measure::median(measured));
+        run_client(&broker, *client, &warm_up).await?;
     }
-    Ok(results)
+    let mut measured: Vec<Vec<BenchResult>> = vec![Vec::new(); lineup.len()];
+    let mut rounds = Vec::new();
+    for round in 0..runs.max(1) {
+        let mut rates = vec![0.0; lineup.len()];
+        for step in 0..lineup.len() {
+            let which = (round + step) % lineup.len();
+            let (client, params) = &lineup[which];
+            let result = run_client(&broker, *client, params).await?;
+            rates[which] = result.e2e_msgs_per_s;
+            measured[which].push(result);
+        }
+        rounds.push(rates);
+    }
+    Ok((
+        measured.into_iter().filter_map(measure::median).collect(),
+        rounds,
+    ))
+}
+
+/// Per round, bus's end-to-end rate over each other client's: the median and the spread.
+fn round_ratios(results: &[BenchResult], rounds: &[Vec<f64>]) -> String {
+    let mut text = String::new();
+    let Some(bus) = results.iter().position(|r| r.client == "bus") else {
+        return text;
+    };
+    for (other, result) in results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.client != "bus")
+    {
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .map(|rates| rates[bus] / rates[other].max(f64::MIN_POSITIVE))
+            .collect();
+        let (median, low, high) = median_and_spread(ratios);
+        text.push_str(&format!(
+            "per round, bus ({}) / {} ({}) end to end: median {median:.2}x (min {low:.2}, max {high:.2})\n",
+            results[bus].variant, result.client, result.variant
+        ));
+    }
+    text
 }
 
 /// `bus bench bridge`: interleaved rounds of MQTT alone, Pub/Sub alone and the bridge between
@@ -513,9 +556,17 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
             no_python,
             chart,
         } => {
-            let mut results = compare(&common, runs, !no_python).await?;
+            let (mut results, rounds) = compare(&common, runs, !no_python).await?;
             label_allocator(&mut results);
             print(&results, common.json);
+            if !common.json {
+                println!(
+                    "{} interleaved rounds, each client at {} publishes in flight; medians (min-max) above, ratios of the medians, and here the ratio per round:",
+                    rounds.len(),
+                    common.params()?.publishers
+                );
+                print!("{}", round_ratios(&results, &rounds));
+            }
             if let Some(path) = chart {
                 report::chart(&results, &path)?;
             }

@@ -157,6 +157,8 @@ impl Tracker {
             lost: params.messages - delivered.min(params.messages),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             runs: 1,
+            e2e_min_msgs_per_s: None,
+            e2e_max_msgs_per_s: None,
         }
     }
 }
@@ -197,9 +199,16 @@ pub struct BenchResult {
     pub duplicates: usize,
     /// Runs this figure is the median of.
     pub runs: usize,
+    /// The slowest of those runs, end to end (with more than one run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_min_msgs_per_s: Option<f64>,
+    /// The fastest of those runs, end to end (with more than one run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_max_msgs_per_s: Option<f64>,
 }
 
-/// The run with the median end-to-end rate; losses and duplicates are the worst of all runs.
+/// The run with the median end-to-end rate, with the spread (slowest and fastest run); losses
+/// and duplicates are the worst of all runs.
 pub fn median(mut runs: Vec<BenchResult>) -> Option<BenchResult> {
     if runs.is_empty() {
         return None;
@@ -208,10 +217,15 @@ pub fn median(mut runs: Vec<BenchResult>) -> Option<BenchResult> {
     let duplicates = runs.iter().map(|r| r.duplicates).max().unwrap_or(0);
     let count = runs.len();
     runs.sort_by(|a, b| a.e2e_msgs_per_s.total_cmp(&b.e2e_msgs_per_s));
+    let (slowest, fastest) = (runs[0].e2e_msgs_per_s, runs[count - 1].e2e_msgs_per_s);
     let mut middle = runs.swap_remove(count / 2);
     middle.lost = lost;
     middle.duplicates = duplicates;
     middle.runs = count;
+    if count > 1 {
+        middle.e2e_min_msgs_per_s = Some(slowest);
+        middle.e2e_max_msgs_per_s = Some(fastest);
+    }
     Some(middle)
 }
 
@@ -274,6 +288,10 @@ mod tests {
         assert_eq!(
             (median.e2e_msgs_per_s, median.lost, median.runs),
             (2.0, 2, 3)
+        );
+        assert_eq!(
+            (median.e2e_min_msgs_per_s, median.e2e_max_msgs_per_s),
+            (Some(1.0), Some(3.0))
         );
     }
 }

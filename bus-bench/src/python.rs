@@ -87,6 +87,8 @@ fn result(backend: &str, variant: &str, params: &Params, json: serde_json::Value
         lost: number("lost") as usize,
         duplicates: number("duplicates") as usize,
         runs: 1,
+        e2e_min_msgs_per_s: None,
+        e2e_max_msgs_per_s: None,
     }
 }
 

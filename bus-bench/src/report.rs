@@ -9,7 +9,7 @@ use crate::measure::BenchResult;
 /// The results as a table, then the ratios of bus to the other clients.
 pub fn table(results: &[BenchResult]) -> String {
     let mut text = format!(
-        "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12} {:>12} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
+        "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12} {:>12} {:>17} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
         "backend",
         "client",
         "variant",
@@ -17,6 +17,7 @@ pub fn table(results: &[BenchResult]) -> String {
         "payload",
         "publish/s",
         "e2e/s",
+        "e2e min-max",
         "p50 us",
         "p99 us",
         "p99.9 us",
@@ -24,8 +25,12 @@ pub fn table(results: &[BenchResult]) -> String {
         "dups"
     );
     for r in results {
+        let spread = match (r.e2e_min_msgs_per_s, r.e2e_max_msgs_per_s) {
+            (Some(low), Some(high)) => format!("{low:.0}-{high:.0}"),
+            _ => "-".to_string(),
+        };
         text.push_str(&format!(
-            "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12.0} {:>12.0} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
+            "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12.0} {:>12.0} {:>17} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
             r.backend,
             r.client,
             r.variant,
@@ -33,6 +38,7 @@ pub fn table(results: &[BenchResult]) -> String {
             r.payload_bytes,
             r.publish_msgs_per_s,
             r.e2e_msgs_per_s,
+            spread,
             r.p50_us,
             r.p99_us,
             r.p999_us,
@@ -46,7 +52,7 @@ pub fn table(results: &[BenchResult]) -> String {
             .filter(|r| r.client != "bus" && r.backend == bus.backend)
         {
             text.push_str(&format!(
-                "bus ({}) / {} ({}): publish {:.2}x, end-to-end {:.2}x\n",
+                "bus ({}) / {} ({}), ratio of the medians: publish {:.2}x, end-to-end {:.2}x\n",
                 bus.variant,
                 other.client,
                 other.variant,
