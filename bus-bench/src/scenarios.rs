@@ -149,7 +149,7 @@ pub struct QueueLimit {
 pub async fn mosquitto_queue_limit(messages: usize, payload: usize) -> Vec<QueueLimit> {
     let mut results = Vec::new();
     for (name, limit) in [
-        ("shipped (max_queued_messages 0)", None),
+        ("shipped (max_queued_messages 1000000000)", None),
         ("Mosquitto default (max_queued_messages 1000)", Some(1000)),
     ] {
         let broker = match limit {

@@ -105,8 +105,9 @@ impl Mosquitto {
              # Saved on shutdown and every second: a SIGKILL loses at most the last second.\n\
              autosave_interval 1\n\
              # Mosquitto silently drops QoS 1 messages beyond max_queued_messages (default 1000)\n\
-             # for a subscriber that falls behind: no limit here.\n\
-             max_queued_messages 0\n\
+             # for a subscriber that falls behind: a bound no backlog reaches. Not 0 (no limit):\n\
+             # with 0, Mosquitto 2.0 drops the connection of a client whose publish it refuses.\n\
+             max_queued_messages 1000000000\n\
              max_queued_bytes 0\n\
              # Advertised as MQTT 5 receive-maximum; the default of 20 throttles publishers.\n\
              max_inflight_messages 0\n\

@@ -187,7 +187,7 @@ async fn the_shipped_mosquitto_config_runs_the_pipeline_with_credentials() {
     let shipped = std::fs::read_to_string(deploy.join("mosquitto.conf")).unwrap();
     for line in [
         "allow_anonymous false",
-        "max_queued_messages 0",
+        "max_queued_messages 1000000000",
         "persistence true",
     ] {
         assert!(
