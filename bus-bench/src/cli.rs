@@ -9,7 +9,7 @@ use bus_testkit::mosquitto::Mosquitto;
 use clap::{Subcommand, ValueEnum};
 
 use crate::clients::{self, Broker, MqttVersion};
-use crate::measure::{self, BenchResult, Params, HEADER_BYTES};
+use crate::measure::{self, median_and_spread, BenchResult, Params, HEADER_BYTES};
 use crate::telemetry_cost::TelemetryMode;
 use crate::{python, report, scenarios, soak};
 
@@ -517,14 +517,6 @@ async fn bridge_rounds(rounds: usize, params: &Params) -> Result<(), String> {
         params.messages
     );
     Ok(())
-}
-
-fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    match (values.first(), values.last()) {
-        (Some(&low), Some(&high)) => (values[values.len() / 2], low, high),
-        _ => (0.0, 0.0, 0.0),
-    }
 }
 
 /// Marks results measured with a non-default global allocator.

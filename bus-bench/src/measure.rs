@@ -229,6 +229,15 @@ pub fn median(mut runs: Vec<BenchResult>) -> Option<BenchResult> {
     Some(middle)
 }
 
+/// The median of `values` with the smallest and the largest (zeros when there are none).
+pub fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    match (values.first(), values.last()) {
+        (Some(&low), Some(&high)) => (values[values.len() / 2], low, high),
+        _ => (0.0, 0.0, 0.0),
+    }
+}
+
 /// Waits, polling, until `done` or until `idle` passes with no progress in `progress()`.
 pub async fn wait_until(done: impl Fn() -> bool, progress: impl Fn() -> usize, idle: Duration) {
     let mut last = (progress(), Instant::now());

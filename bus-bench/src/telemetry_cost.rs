@@ -10,7 +10,7 @@ use std::time::Duration;
 use bus_testkit::mosquitto::Mosquitto;
 
 use crate::clients::{self, Broker};
-use crate::measure::{BenchResult, Params};
+use crate::measure::{median_and_spread, BenchResult, Params};
 
 /// What a run has installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -163,14 +163,6 @@ fn child(
         .find(|l| l.starts_with('{'))
         .ok_or_else(|| format!("{} run printed no result: {stdout}", mode.name()))?;
     serde_json::from_str(line).map_err(|e| format!("{} run: {e}: {line}", mode.name()))
-}
-
-fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    match (values.first(), values.last()) {
-        (Some(&low), Some(&high)) => (values[values.len() / 2], low, high),
-        _ => (0.0, 0.0, 0.0),
-    }
 }
 
 /// The parent's side: one Mosquitto, one sink, `rounds` rounds of the four modes in a
