@@ -452,6 +452,11 @@ impl Connection {
         self.stop.cancel();
     }
 
+    /// Drops the connection without DISCONNECT, so that the broker publishes the will.
+    pub fn abandon(&self) {
+        self.stop.cancel();
+    }
+
     fn check_usable(&self) -> Result<()> {
         match &*self.state.borrow() {
             State::Failed(..) | State::Closed => Err(self.unusable_error()),
@@ -522,6 +527,16 @@ pub(crate) fn acl_hint(username: Option<&str>, topic: &str) -> String {
     }
 }
 
+/// Counts a polling task's connections and the confirmations it received.
+#[derive(Default)]
+struct Counters {
+    /// The current connection's number (1 for the first).
+    epoch: u64,
+    /// Confirmations received so far, over all connections: orders a confirmation against
+    /// another one of the same connection.
+    seq: u64,
+}
+
 /// The polling task's state.
 struct EventLoopTask {
     eventloop: EventLoop,
@@ -540,8 +555,7 @@ impl EventLoopTask {
     /// Polls the event loop until stopped, reconnecting with backoff.
     async fn run(mut self) {
         let mut failures: u32 = 0;
-        let mut epoch = 0u64;
-        let mut seq = 0u64;
+        let mut counters = Counters::default();
         // What the last connection did not get confirmed, sent again after the next CONNACK.
         let mut carried: VecDeque<Request> = VecDeque::new();
         loop {
@@ -550,92 +564,22 @@ impl EventLoopTask {
                 event = self.eventloop.poll() => event,
             };
             match event {
-                Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
-                    failures = 0;
-                    epoch += 1;
-                    if !self.session.subscriptions.is_empty() {
-                        lock(&self.waiters).subscribes.unsent.push_front(());
-                        let subscribe =
-                            Subscribe::new_many(self.session.subscriptions.clone(), None);
-                        self.eventloop
-                            .pending
-                            .push_front(Request::Subscribe(subscribe));
+                Ok(event) => {
+                    if matches!(event, Event::Incoming(Incoming::ConnAck(_))) {
+                        failures = 0;
                     }
-                    self.eventloop.pending.extend(carried.drain(..));
-                    self.state.send_replace(State::Connected(epoch));
-                    self.handler.on_connected(epoch, connack.session_present);
+                    self.on_event(event, &mut counters, &mut carried);
                 }
-                Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                    self.handler.on_publish(publish, epoch, &self.client)
-                }
-                Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                    seq += 1;
-                    let matched = match ack.reason {
-                        PubAckReason::Success => Ok(Matched::Yes),
-                        PubAckReason::NoMatchingSubscribers => Ok(Matched::No),
-                        reason => Err(refused(
-                            format!("{reason:?}"),
-                            reason == PubAckReason::NotAuthorized,
-                        )),
-                    };
-                    self.confirm(ack.pkid, matched, epoch, seq);
-                }
-                // QoS 2: the broker owns the message from PUBREC on.
-                Ok(Event::Incoming(Incoming::PubRec(rec))) => {
-                    seq += 1;
-                    let matched = match rec.reason {
-                        PubRecReason::Success => Ok(Matched::Yes),
-                        PubRecReason::NoMatchingSubscribers => Ok(Matched::No),
-                        reason => Err(refused(
-                            format!("{reason:?}"),
-                            reason == PubRecReason::NotAuthorized,
-                        )),
-                    };
-                    self.confirm(rec.pkid, matched, epoch, seq);
-                }
-                Ok(Event::Incoming(Incoming::SubAck(suback))) => {
-                    let waiter = lock(&self.waiters).subscribes.by_pkid.remove(&suback.pkid);
-                    let result = suback_result(&suback, &self.config);
-                    if waiter.is_some() {
-                        self.handler.on_subscribed(epoch, result);
-                    }
-                }
-                Ok(Event::Incoming(Incoming::UnsubAck(unsuback))) => {
-                    if let Some(tx) = lock(&self.waiters)
-                        .unsubscribes
-                        .by_pkid
-                        .remove(&unsuback.pkid)
-                    {
-                        let refusal = unsuback.reasons.iter().find(|r| {
-                            !matches!(
-                                r,
-                                UnsubAckReason::Success | UnsubAckReason::NoSubscriptionExisted
-                            )
-                        });
-                        let _ = tx.send(match refusal {
-                            None => Ok(()),
-                            Some(reason) => Err(Error::new(
-                                ErrorKind::Internal,
-                                BACKEND,
-                                format!("the broker refused an unsubscribe: {reason:?}"),
-                            )),
-                        });
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => self.sent_publish(pkid, epoch, seq),
-                Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
-                    lock(&self.waiters).subscribes.sent(pkid)
-                }
-                Ok(Event::Outgoing(Outgoing::Unsubscribe(pkid))) => {
-                    lock(&self.waiters).unsubscribes.sent(pkid)
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    self.state.send_replace(State::Closed);
-                }
-                Ok(_) => {}
                 Err(error) => {
                     if self.stop.is_cancelled() || matches!(error, ConnectionError::RequestsDone) {
                         break;
+                    }
+                    // rumqttc keeps the events it had queued when the connection failed (the
+                    // write of a publish whose flush failed, acks read in the same batch) and
+                    // would hand them out after the next connect, where they would be taken for
+                    // the new connection's: they belong to this one, so handle them now.
+                    for event in std::mem::take(&mut self.eventloop.state.events) {
+                        self.on_event(event, &mut counters, &mut carried);
                     }
                     let leftover: Vec<Request> = self.eventloop.pending.drain(..).collect();
                     if let Some((kind, message)) = fatal(&error, &self.config) {
@@ -689,6 +633,95 @@ impl EventLoopTask {
         }
         self.fail_all(ErrorKind::Closed, "the MQTT connection is closed");
         let _ = self.client.try_disconnect();
+    }
+
+    /// Handles one event of the event loop.
+    fn on_event(&mut self, event: Event, counters: &mut Counters, carried: &mut VecDeque<Request>) {
+        match event {
+            Event::Incoming(Incoming::ConnAck(connack)) => {
+                counters.epoch += 1;
+                if !self.session.subscriptions.is_empty() {
+                    lock(&self.waiters).subscribes.unsent.push_front(());
+                    let subscribe = Subscribe::new_many(self.session.subscriptions.clone(), None);
+                    self.eventloop
+                        .pending
+                        .push_front(Request::Subscribe(subscribe));
+                }
+                self.eventloop.pending.extend(carried.drain(..));
+                self.state.send_replace(State::Connected(counters.epoch));
+                self.handler
+                    .on_connected(counters.epoch, connack.session_present);
+            }
+            Event::Incoming(Incoming::Publish(publish)) => {
+                self.handler
+                    .on_publish(publish, counters.epoch, &self.client)
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                counters.seq += 1;
+                let matched = match ack.reason {
+                    PubAckReason::Success => Ok(Matched::Yes),
+                    PubAckReason::NoMatchingSubscribers => Ok(Matched::No),
+                    reason => Err(refused(
+                        format!("{reason:?}"),
+                        reason == PubAckReason::NotAuthorized,
+                    )),
+                };
+                self.confirm(ack.pkid, matched, counters.epoch, counters.seq);
+            }
+            // QoS 2: the broker owns the message from PUBREC on.
+            Event::Incoming(Incoming::PubRec(rec)) => {
+                counters.seq += 1;
+                let matched = match rec.reason {
+                    PubRecReason::Success => Ok(Matched::Yes),
+                    PubRecReason::NoMatchingSubscribers => Ok(Matched::No),
+                    reason => Err(refused(
+                        format!("{reason:?}"),
+                        reason == PubRecReason::NotAuthorized,
+                    )),
+                };
+                self.confirm(rec.pkid, matched, counters.epoch, counters.seq);
+            }
+            Event::Incoming(Incoming::SubAck(suback)) => {
+                let waiter = lock(&self.waiters).subscribes.by_pkid.remove(&suback.pkid);
+                let result = suback_result(&suback, &self.config);
+                if waiter.is_some() {
+                    self.handler.on_subscribed(counters.epoch, result);
+                }
+            }
+            Event::Incoming(Incoming::UnsubAck(unsuback)) => {
+                if let Some(tx) = lock(&self.waiters)
+                    .unsubscribes
+                    .by_pkid
+                    .remove(&unsuback.pkid)
+                {
+                    let refusal = unsuback.reasons.iter().find(|r| {
+                        !matches!(
+                            r,
+                            UnsubAckReason::Success | UnsubAckReason::NoSubscriptionExisted
+                        )
+                    });
+                    let _ = tx.send(match refusal {
+                        None => Ok(()),
+                        Some(reason) => Err(Error::new(
+                            ErrorKind::Internal,
+                            BACKEND,
+                            format!("the broker refused an unsubscribe: {reason:?}"),
+                        )),
+                    });
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                self.sent_publish(pkid, counters.epoch, counters.seq)
+            }
+            Event::Outgoing(Outgoing::Subscribe(pkid)) => lock(&self.waiters).subscribes.sent(pkid),
+            Event::Outgoing(Outgoing::Unsubscribe(pkid)) => {
+                lock(&self.waiters).unsubscribes.sent(pkid)
+            }
+            Event::Outgoing(Outgoing::Disconnect) => {
+                self.state.send_replace(State::Closed);
+            }
+            _ => {}
+        }
     }
 
     fn confirm(&self, pkid: u16, matched: Result<Matched>, epoch: u64, seq: u64) {

@@ -389,7 +389,10 @@ pub(crate) async fn anchor(config: &MqttConfig, key: &SubscriptionKey) -> Result
         client_id: client_id.clone(),
         clean_start: false,
         session_expiry_secs: config.session_expiry_secs,
-        will: None,
+        // Its subscriptions exist from the SUBACK on, its state entry only a round trip
+        // later: should the connection die in between (a broker restart, this process
+        // killed), the will says `anchor`, or the anchor would hold messages no one drains.
+        will: Some(state_will(key, &client_id, SlotState::Anchor, 0)),
         subscriptions: key.anchor_filters(crate::connect::qos(config.qos)),
         reconnect: false,
         manual_acks: true,
@@ -421,7 +424,11 @@ pub(crate) async fn anchor(config: &MqttConfig, key: &SubscriptionKey) -> Result
         put_retained(&connection, &key.slot_topic(&client_id), entry, deadline).await
     }
     .await;
-    connection.close().await;
+    match result {
+        Ok(()) => connection.close().await,
+        // The will writes the state entry this attempt may not have written.
+        Err(_) => connection.abandon(),
+    }
     result
 }
 
