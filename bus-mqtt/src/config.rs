@@ -32,8 +32,9 @@ pub struct MqttConfig {
     /// Default 86,400 s.
     pub session_expiry_secs: u32,
     /// How long a consumer's connection may be gone before the other consumers of its
-    /// subscription take over what it held and what the broker queued for it (the MQTT 5 will
-    /// delay of its session); a consumer that reconnects sooner keeps them. Default 2 s.
+    /// subscription take over what it held and what the broker queued for it: its will marks
+    /// it `gone` as soon as the connection ends, and the others wait this long for it to come
+    /// back before they drain its session. Default 2 s.
     pub handover_delay_secs: u32,
     /// After a broker restart, how long a publish to a topic waits for the consumers of its
     /// subscriptions to come back before bus anchors the missing subscriptions itself, so that

@@ -4,9 +4,10 @@
 //! A consumer's session (`<client_id>-<name>-<topic hash>-<slot>`) subscribes to its share of
 //! the topic, of the subscription's retry and probe topics, and to the subscription's session
 //! states (`_bus/slot/<name>/+/<topic>`). On every connect it writes the registry entry and its
-//! own state `live`; its will (after `mqtt.handover_delay_secs`) and its `close` write `gone`.
-//! When a consumer sees another session of its subscription `gone` (or the anchor holding
-//! messages), it drains it: it takes the session over, removes its subscriptions, sends itself
+//! own state `live`; its will (when its connection ends without DISCONNECT) writes `gone`, its
+//! `close` writes `left`.
+//! When a consumer sees another session of its subscription `left`, still `gone`
+//! `mqtt.handover_delay_secs` later, or the anchor holding messages, it drains it: it takes the session over, removes its subscriptions, sends itself
 //! a marker through it, and delivers what arrives before the marker (redeliveries first) as its
 //! own deliveries, acked through that session. Once all are settled it deletes the state entry;
 //! the emptied session (no subscriptions, no messages) expires on its own — deleting it could
@@ -375,12 +376,8 @@ impl Consumer {
             client_id: client_id.clone(),
             clean_start: false,
             session_expiry_secs: config.session_expiry_secs,
-            will: Some(reserved::state_will(
-                &key,
-                &client_id,
-                SlotState::Gone,
-                config.handover_delay_secs,
-            )),
+            // At once: the other consumers give it `handover_delay_secs` to come back.
+            will: Some(reserved::state_will(&key, &client_id, SlotState::Gone, 0)),
             subscriptions: key.consumer_filters(qos(config.qos)),
             reconnect: true,
             manual_acks: true,
@@ -460,8 +457,12 @@ impl Consumer {
     }
 
     /// A session state entry arrived: take over what a departed session or the anchor holds.
-    /// A `gone` found on (re)subscribing may be a will the broker fired when it stopped: its
-    /// consumer gets `mqtt.handover_delay_secs` to come back first.
+    /// A `gone` consumer gets `mqtt.handover_delay_secs` to come back first, however the entry
+    /// came: a will the broker fired when it stopped reaches the other consumers' sessions
+    /// after the restart as an ordinary (not retained) message, while its consumer is on its
+    /// way back. Taken for a departure, it would have the consumers drain one another, and a
+    /// drain takes its target's shares away: drained both at once, the subscription would
+    /// have no member for a moment, and what the broker routes then is gone.
     fn on_state(self: &Arc<Self>, hash: String, payload: Bytes, retained: bool) {
         let entry = reserved::parse_slot(&self.key, &hash, &payload);
         tracing::debug!(consumer = %self.client_id, ?entry, retained, "session state");
@@ -487,10 +488,10 @@ impl Consumer {
             return;
         }
         let wait = match entry.state {
-            SlotState::Gone if retained => {
+            SlotState::Gone => {
                 Duration::from_secs(u64::from(self.shared.config.handover_delay_secs))
             }
-            SlotState::Gone | SlotState::Left | SlotState::Anchor => Duration::ZERO,
+            SlotState::Left | SlotState::Anchor => Duration::ZERO,
             SlotState::Live | SlotState::Draining => return,
         };
         tokio::spawn(drain(
@@ -872,7 +873,8 @@ async fn drain(consumer: Weak<Consumer>, target: String, state_before: SlotState
     let mut pause = wait + Duration::from_millis(rand::random_range(0..=250));
     let mut backoff = Duration::from_secs(1);
     loop {
-        tokio::time::sleep(pause).await;
+        // Membership first, the pause after it: the states the broker keeps for a fresh
+        // subscription arrive right after it, and the check below should see them.
         let mut waited = Duration::ZERO;
         loop {
             let Some(consumer) = consumer.upgrade() else {
@@ -888,10 +890,17 @@ async fn drain(consumer: Weak<Consumer>, target: String, state_before: SlotState
             tokio::time::sleep(Duration::from_millis(100)).await;
             waited += Duration::from_millis(100);
         }
+        tokio::time::sleep(pause).await;
         let Some(consumer) = consumer.upgrade() else {
             return;
         };
-        if consumer.current_state(&target) != Some(state_before)
+        if !consumer.is_member() {
+            // Lost it during the pause (reconnecting): wait for it again.
+            pause = Duration::from_millis(rand::random_range(0..=250));
+            continue;
+        }
+        if consumer.lifecycle.is_closed()
+            || consumer.current_state(&target) != Some(state_before)
             || lock(&consumer.drains).values().any(|d| d.target == target)
         {
             return;
