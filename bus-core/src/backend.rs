@@ -140,6 +140,18 @@ impl Drop for Publishing<'_> {
     }
 }
 
+/// The same failure for every one of `count` messages of a batch (a closed publisher, a topic
+/// that could not be made ready): one error each, with the kind, retryable flag and message of
+/// `error`.
+pub fn fail_each<T>(error: &Error, count: usize) -> Vec<Result<T>> {
+    (0..count)
+        .map(|_| {
+            Err(Error::new(error.kind(), error.backend(), error.message())
+                .with_retryable(error.is_retryable()))
+        })
+        .collect()
+}
+
 /// The closed state of a subscriber, or of one subscription made by it (a child: closing the
 /// subscriber closes the subscription too).
 #[derive(Debug, Clone, Default)]

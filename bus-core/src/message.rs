@@ -314,3 +314,17 @@ impl fmt::Debug for DeliveryHandle {
             .finish_non_exhaustive()
     }
 }
+
+/// Acks every delivery of `deliveries` at once (the backends send the acks together: one
+/// request for several on Pub/Sub, back to back on MQTT) and returns one result per delivery,
+/// in order. Nothing else is acked: deliveries of the same batch that are not passed here stay
+/// unsettled.
+pub async fn ack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Vec<Result<()>> {
+    futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await
+}
+
+/// Nacks every delivery of `deliveries` at once; one result per delivery, in order (see
+/// [`ack_all`]).
+pub async fn nack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Vec<Result<()>> {
+    futures::future::join_all(deliveries.into_iter().map(Delivery::nack)).await
+}

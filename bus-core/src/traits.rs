@@ -2,8 +2,10 @@
 //! [`Subscription`]. They are object safe; conveniences live in [`SubscriberExt`] and
 //! [`SubscriptionExt`].
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use futures::Stream;
+use futures::{FutureExt, Stream};
 
 use crate::{Capabilities, Delivery, Message, Result, SubscriptionOptions, Topic};
 
@@ -17,6 +19,36 @@ use crate::{Capabilities, Delivery, Message, Result, SubscriptionOptions, Topic}
 pub trait Publisher: Send + Sync + std::fmt::Debug {
     /// Publishes one message and returns the id the backend assigned to it.
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String>;
+
+    /// Publishes several messages to `topic` in one call and returns one result per message,
+    /// in the same order: the id the backend assigned, or why that message was not published.
+    /// A message that fails does not stop the others. Messages are sent in the order given, so
+    /// those with one ordering key reach an ordered subscription in that order.
+    ///
+    /// The default publishes one message after the other; backends override it where the
+    /// transport does better (see each backend's docs).
+    ///
+    /// ```
+    /// # async fn example(publisher: &dyn bus_core::Publisher) -> bus_core::Result<()> {
+    /// use bus_core::{Message, Topic};
+    ///
+    /// let topic = Topic::new("builds")?;
+    /// let batch = (0..3).map(|n| Message::new(format!("build {n}"))).collect();
+    /// for result in publisher.publish_batch(&topic, batch).await {
+    ///     match result {
+    ///         Ok(id) => println!("published {id}"),
+    ///         Err(e) => eprintln!("not published: {e}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.publish(topic, message).await);
+        }
+        results
+    }
 
     /// Waits until every publish started before this call is confirmed or failed.
     async fn flush(&self) -> Result<()>;
@@ -69,7 +101,51 @@ pub trait Subscriber: Send + Sync + std::fmt::Debug {
 #[async_trait]
 pub trait Subscription: Send + Sync + std::fmt::Debug {
     /// Waits for the next delivery.
+    ///
+    /// Cancel safe: dropping the future before it completes (a `select!` with a shutdown
+    /// signal, a timeout) loses no message.
     async fn receive(&self) -> Result<Delivery>;
+
+    /// Waits at most `wait` for a first delivery, then adds those that are ready at once, up
+    /// to `max` in all. An empty batch means nothing came within `wait`. Deliveries of an
+    /// ordered subscription come in order. Each delivery is settled on its own, or all of
+    /// them with [`ack_all`](crate::ack_all) / [`nack_all`](crate::nack_all).
+    ///
+    /// The default builds on [`receive`](Subscription::receive); backends override it to take
+    /// a batch in one step.
+    ///
+    /// ```
+    /// # async fn example(subscription: &dyn bus_core::Subscription) -> bus_core::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let batch = subscription.receive_batch(100, Duration::from_secs(1)).await?;
+    /// for delivery in &batch {
+    ///     println!("{:?}", delivery.payload());
+    /// }
+    /// for result in bus_core::ack_all(batch).await {
+    ///     result?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        match tokio::time::timeout(wait, self.receive()).await {
+            Ok(first) => batch.push(first?),
+            Err(_) => return Ok(batch),
+        }
+        // `receive` is cancel safe: a call that is not ready at once is dropped unharmed. An
+        // error ends the batch; the next call reports it.
+        while batch.len() < max {
+            match self.receive().now_or_never() {
+                Some(Ok(delivery)) => batch.push(delivery),
+                Some(Err(_)) | None => break,
+            }
+        }
+        Ok(batch)
+    }
 
     /// Detaches this consumer. Deliveries already received can still be acked or nacked.
     /// Idempotent.
@@ -124,6 +200,9 @@ impl<P: Publisher + ?Sized> Publisher for Box<P> {
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
         (**self).publish(topic, message).await
     }
+    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+        (**self).publish_batch(topic, messages).await
+    }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await
     }
@@ -139,6 +218,9 @@ impl<P: Publisher + ?Sized> Publisher for Box<P> {
 impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
         (**self).publish(topic, message).await
+    }
+    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+        (**self).publish_batch(topic, messages).await
     }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await
@@ -176,6 +258,9 @@ impl<S: Subscription + ?Sized> Subscription for Box<S> {
     async fn receive(&self) -> Result<Delivery> {
         (**self).receive().await
     }
+    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        (**self).receive_batch(max, wait).await
+    }
     async fn close(&self) -> Result<()> {
         (**self).close().await
     }
@@ -185,6 +270,9 @@ impl<S: Subscription + ?Sized> Subscription for Box<S> {
 impl<S: Subscription + ?Sized> Subscription for std::sync::Arc<S> {
     async fn receive(&self) -> Result<Delivery> {
         (**self).receive().await
+    }
+    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        (**self).receive_batch(max, wait).await
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await

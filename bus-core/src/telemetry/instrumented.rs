@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use metrics::{Counter, Gauge, Histogram};
@@ -159,6 +159,57 @@ impl Publisher for InstrumentedPublisher {
         result
     }
 
+    async fn publish_batch(
+        &self,
+        topic: &Topic,
+        mut messages: Vec<Message>,
+    ) -> Vec<Result<String>> {
+        // One span for the batch: every message carries its context.
+        let span = tracing::info_span!(
+            target: "bus",
+            "send",
+            otel.name = %format_args!("send {topic}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = self.system,
+            messaging.destination.name = %topic,
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.batch.message_count = messages.len(),
+            error.type = Empty,
+        );
+        #[cfg(feature = "otel")]
+        for message in &mut messages {
+            super::otel::inject(&span, &mut message.attributes);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = &mut messages;
+        let metrics = self.metrics(topic);
+        let started = Instant::now();
+        let results = self
+            .inner
+            .publish_batch(topic, messages)
+            .instrument(span.clone())
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut failed = None;
+        for result in &results {
+            metrics.duration.record(elapsed);
+            match result {
+                Ok(_) => metrics.ok.increment(1),
+                Err(e) => {
+                    metrics.error.increment(1);
+                    failed = Some(e.kind());
+                }
+            }
+        }
+        if let Some(kind) = failed {
+            span.record("error.type", kind.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        results
+    }
+
     async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }
@@ -250,6 +301,22 @@ struct InstrumentedSubscription {
 impl Subscription for InstrumentedSubscription {
     async fn receive(&self) -> Result<Delivery> {
         let delivery = self.inner.receive().await?;
+        Ok(self.observe(delivery))
+    }
+
+    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let batch = self.inner.receive_batch(max, wait).await?;
+        Ok(batch.into_iter().map(|d| self.observe(d)).collect())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+impl InstrumentedSubscription {
+    /// `delivery` in a `process` span of its own, counted and settled through the telemetry.
+    fn observe(&self, delivery: Delivery) -> Delivery {
         let t = &self.telemetry;
         // A new root unless the message carries a trace: the consumer's loop is not its parent.
         let span = tracing::info_span!(
@@ -280,18 +347,14 @@ impl Subscription for InstrumentedSubscription {
         t.in_flight.increment(1.0);
         let telemetry = t.clone();
         let acker_span = span.clone();
-        Ok(delivery.instrumented(span, move |inner| {
+        delivery.instrumented(span, move |inner| {
             Box::new(InstrumentedAcker {
                 inner,
                 span: acker_span,
                 telemetry,
                 settled: AtomicBool::new(false),
             })
-        }))
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        })
     }
 }
 
