@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bus_core::backend::PublishGate;
+use bus_core::backend::{fail_each, PublishGate};
 use bus_core::{Capabilities, Error, ErrorKind, Message, Publisher, Result, Topic};
 use google_cloud_pubsub::client::Publisher as PubSubPublisher;
 use google_cloud_pubsub::model::Message as PubSubMessage;
@@ -61,31 +61,79 @@ impl GcpPublisher {
     }
 }
 
-#[async_trait]
-impl Publisher for GcpPublisher {
-    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
-        let _publishing = self.gate.enter(BACKEND)?;
+/// One message on its way: sent to the batching client, its result not in yet.
+struct Sending {
+    message: PubSubMessage,
+    ordering_key: Option<String>,
+    result: google_cloud_pubsub::publisher::PublishFuture,
+}
+
+impl GcpPublisher {
+    /// Publishes `messages` to `topic`: all are handed to the topic's batching client at once
+    /// (in order, so one ordering key keeps its order), then each result is awaited, and a
+    /// message whose publish failed for a passing reason is sent again.
+    async fn publish_messages(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
         let inner = &self.backend.inner;
-        inner.capabilities.check_message(BACKEND, &message)?;
-        let path = self.backend.ensure_topic(topic).await?;
+        let path = match self.backend.ensure_topic(topic).await {
+            Ok(path) => path,
+            Err(e) => return fail_each(&e, messages.len()),
+        };
         let publisher = self.topic_publisher(&path);
-        let ordering_key = message.ordering_key.clone();
-        let mut pubsub = PubSubMessage::new()
-            .set_data(message.payload)
-            .set_attributes(message.attributes);
-        if let Some(key) = &ordering_key {
-            pubsub = pubsub.set_ordering_key(key.clone());
-        }
-        // A transport failure mid-publish (a cut connection, the emulator restarting) is
-        // retried here until gcp.publish_timeout_ms: the crate does not retry publishes, which
-        // are not idempotent. A retry may publish the message twice (at-least-once).
+        let sending: Vec<Result<Sending>> = messages
+            .into_iter()
+            .map(|message| {
+                inner.capabilities.check_message(BACKEND, &message)?;
+                let ordering_key = message.ordering_key;
+                let mut pubsub = PubSubMessage::new()
+                    .set_data(message.payload)
+                    .set_attributes(message.attributes);
+                if let Some(key) = &ordering_key {
+                    pubsub = pubsub.set_ordering_key(key.clone());
+                }
+                let result = publisher.publish(pubsub.clone());
+                Ok(Sending {
+                    message: pubsub,
+                    ordering_key,
+                    result,
+                })
+            })
+            .collect();
         let limit = Duration::from_millis(inner.config.publish_timeout_ms);
         let give_up = tokio::time::Instant::now() + limit;
+        let mut results = Vec::with_capacity(sending.len());
+        for sending in sending {
+            results.push(match sending {
+                Ok(sending) => {
+                    self.confirm(topic, &path, &publisher, sending, give_up, limit)
+                        .await
+                }
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Waits for the message id of `sending`. A transport failure mid-publish (a cut
+    /// connection, the emulator restarting) is retried here until gcp.publish_timeout_ms: the
+    /// crate does not retry publishes, which are not idempotent. A retry may publish the
+    /// message twice (at-least-once).
+    async fn confirm(
+        &self,
+        topic: &Topic,
+        path: &str,
+        publisher: &PubSubPublisher,
+        sending: Sending,
+        give_up: tokio::time::Instant,
+        limit: Duration,
+    ) -> Result<String> {
+        let Sending {
+            message,
+            ordering_key,
+            mut result,
+        } = sending;
         let mut pause = Duration::from_millis(50);
         loop {
-            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
-            let result = tokio::time::timeout(left, publisher.publish(pubsub.clone())).await;
-            let error = match result {
+            let error = match tokio::time::timeout_at(give_up, result).await {
                 Ok(Ok(id)) => return Ok(id),
                 Ok(Err(google_cloud_pubsub::error::PublishError::Rpc(e))) => {
                     map_error(&e, &format!("publishing to {topic} ({path})"))
@@ -116,6 +164,35 @@ impl Publisher for GcpPublisher {
             tracing::warn!(%topic, error = %error, ?pause, "publish failed; retrying");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
+            result = publisher.publish(message.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for GcpPublisher {
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
+        let _publishing = self.gate.enter(BACKEND)?;
+        self.backend
+            .inner
+            .capabilities
+            .check_message(BACKEND, &message)?;
+        let mut results = self.publish_messages(topic, vec![message]).await;
+        results.pop().unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorKind::Internal,
+                BACKEND,
+                "a publish without a result",
+            ))
+        })
+    }
+
+    /// Every message goes to the topic's batching client before the first result is awaited,
+    /// so the batch leaves in as few publish requests as the client's limits allow.
+    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+        match self.gate.enter(BACKEND) {
+            Ok(_publishing) => self.publish_messages(topic, messages).await,
+            Err(e) => fail_each(&e, messages.len()),
         }
     }
 

@@ -198,6 +198,7 @@ impl Subscriber for GcpSubscriber {
             topic: topic.clone(),
             attempts: self.backend.attempt_counter(&path),
             incoming: tokio::sync::Mutex::new(rx),
+            deferred_error: Mutex::default(),
             pumps: Mutex::new(pumps),
             shutdowns,
             lifecycle,
@@ -230,6 +231,8 @@ pub struct GcpSubscription {
     topic: Topic,
     attempts: AttemptCounts,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Pulled>>,
+    /// A stream's error that ended a batch, for the next call.
+    deferred_error: Mutex<Option<Error>>,
     /// The tasks that own the streams and move their messages into `incoming`.
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdowns: Vec<ShutdownToken>,
@@ -248,6 +251,9 @@ impl std::fmt::Debug for GcpSubscription {
 #[async_trait]
 impl Subscription for GcpSubscription {
     async fn receive(&self) -> Result<Delivery> {
+        if let Some(e) = lock(&self.deferred_error).take() {
+            return Err(e);
+        }
         let pulled = self
             .lifecycle
             .until_closed(BACKEND, async {
@@ -258,7 +264,51 @@ impl Subscription for GcpSubscription {
                     .ok_or_else(|| Error::closed(BACKEND, "subscription"))
             })
             .await?;
-        let (message, handler) = pulled?;
+        Ok(self.deliver(pulled?))
+    }
+
+    /// Takes what the streams pulled, up to `max`, under one lock.
+    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        if let Some(e) = lock(&self.deferred_error).take() {
+            return Err(e);
+        }
+        self.lifecycle
+            .until_closed(BACKEND, async {
+                let mut incoming = self.incoming.lock().await;
+                match tokio::time::timeout(wait, incoming.recv()).await {
+                    Ok(Some(first)) => batch.push(self.deliver(first?)),
+                    Ok(None) => return Err(Error::closed(BACKEND, "subscription")),
+                    Err(_) => return Ok(()),
+                }
+                // A stream's error ends the batch; it is the error of the next call.
+                while batch.len() < max {
+                    match incoming.try_recv() {
+                        Ok(Ok(next)) => batch.push(self.deliver(next)),
+                        Ok(Err(e)) => {
+                            *lock(&self.deferred_error) = Some(e);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(batch)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.close_consumer().await
+    }
+}
+
+impl GcpSubscription {
+    /// A delivery of a message the streams pulled.
+    fn deliver(&self, (message, handler): (PubSubMessage, Handler)) -> Delivery {
         let id = message.message_id.clone();
         let counted = {
             let mut attempts = lock(&self.attempts);
@@ -279,16 +329,17 @@ impl Subscription for GcpSubscription {
             attributes: message.attributes.into_iter().collect::<BTreeMap<_, _>>(),
             ordering_key: Some(message.ordering_key).filter(|key| !key.is_empty()),
         };
-        Ok(Delivery::new(
+        Delivery::new(
             bus_message,
             id.clone(),
             attempt,
             self.topic.clone(),
             Box::new(GcpAcker::new(handler, self.attempts.clone(), id)),
-        ))
+        )
     }
 
-    async fn close(&self) -> Result<()> {
+    /// Ends the streams, then nacks what this consumer held.
+    async fn close_consumer(&self) -> Result<()> {
         // End the streams first, so the server sends nothing more to this consumer; only then
         // nack what it held (messages pulled but not handed out, and deliveries not settled).
         // Nacked while a stream is still open, a message can be sent straight back to it and

@@ -4,9 +4,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bus_core::backend::PublishGate;
-use bus_core::{Capabilities, Message, Publisher, Result, Topic};
+use bus_core::backend::{fail_each, PublishGate};
+use bus_core::{Capabilities, Error, ErrorKind, Message, Publisher, Result, Topic};
 
+use crate::subscriber::SubscriptionState;
 use crate::{read, MemoryBackend, BACKEND, PER_MESSAGE_OVERHEAD};
 
 /// A message as every subscription of its topic holds it (one copy, shared).
@@ -37,36 +38,104 @@ impl MemoryPublisher {
 impl MemoryBackend {
     /// Stores `message` in every subscription of `topic`, waiting for room in each.
     pub(crate) async fn publish_message(&self, topic: &Topic, message: Message) -> Result<String> {
-        let inner = &self.inner;
-        inner.capabilities.check_message(BACKEND, &message)?;
-        let number = inner.next_message_id.fetch_add(1, Ordering::Relaxed);
-        let mut digits = itoa::Buffer::new();
-        let id = digits.format(number);
-        let subscriptions = read(&self.topic(topic).fan_out).clone();
-        if subscriptions.is_empty() {
-            return Ok(id.to_string());
-        }
-        let weight = message_weight(&message);
-        // Reserve room everywhere first, so a message is stored in all subscriptions or none.
-        for (reserved, subscription) in subscriptions.iter().enumerate() {
-            if let Err(e) = subscription.reserve(weight, inner.publish_timeout()).await {
-                for subscription in &subscriptions[..reserved] {
-                    subscription.release(weight);
-                }
-                return Err(e);
-            }
-        }
-        let stored = Arc::new(StoredMessage {
-            id: Arc::from(id),
-            topic: topic.clone(),
-            message,
-            weight,
-        });
-        for subscription in subscriptions.iter() {
-            subscription.enqueue(stored.clone());
-        }
-        Ok(id.to_string())
+        let mut results = self.publish_messages(topic, vec![message]).await;
+        results.pop().unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorKind::Internal,
+                BACKEND,
+                "a publish without a result",
+            ))
+        })
     }
+
+    /// Stores each of `messages` in every subscription of `topic` (or in none), in order:
+    /// room is reserved per message, and the messages go into each subscription's queue under
+    /// one lock per batch.
+    pub(crate) async fn publish_messages(
+        &self,
+        topic: &Topic,
+        messages: Vec<Message>,
+    ) -> Vec<Result<String>> {
+        let inner = &self.inner;
+        let subscriptions = read(&self.topic(topic).fan_out).clone();
+        let mut results = Vec::with_capacity(messages.len());
+        let mut reserved: Vec<Arc<StoredMessage>> = Vec::with_capacity(messages.len());
+        let mut digits = itoa::Buffer::new();
+        for message in messages {
+            if let Err(e) = inner.capabilities.check_message(BACKEND, &message) {
+                results.push(Err(e));
+                continue;
+            }
+            let number = inner.next_message_id.fetch_add(1, Ordering::Relaxed);
+            let id = digits.format(number);
+            if subscriptions.is_empty() {
+                results.push(Ok(id.to_string()));
+                continue;
+            }
+            let weight = message_weight(&message);
+            if !try_reserve_all(&subscriptions, weight) {
+                // Full somewhere: what is reserved goes in first (its consumers may be what
+                // makes room), then this message waits for room.
+                store(&subscriptions, &mut reserved);
+                if let Err(e) = reserve_all(&subscriptions, weight, inner.publish_timeout()).await {
+                    results.push(Err(e));
+                    continue;
+                }
+            }
+            let id: Arc<str> = Arc::from(id);
+            results.push(Ok(id.to_string()));
+            reserved.push(Arc::new(StoredMessage {
+                id,
+                topic: topic.clone(),
+                message,
+                weight,
+            }));
+        }
+        store(&subscriptions, &mut reserved);
+        results
+    }
+}
+
+/// Reserves `weight` bytes in every subscription if each has the room now, else in none.
+fn try_reserve_all(subscriptions: &[Arc<SubscriptionState>], weight: u32) -> bool {
+    for (reserved, subscription) in subscriptions.iter().enumerate() {
+        if !subscription.try_reserve(weight) {
+            for subscription in &subscriptions[..reserved] {
+                subscription.release(weight);
+            }
+            return false;
+        }
+    }
+    true
+}
+
+/// Reserves `weight` bytes in every subscription, waiting for room, so that a message is
+/// stored in all subscriptions or none.
+async fn reserve_all(
+    subscriptions: &[Arc<SubscriptionState>],
+    weight: u32,
+    timeout: Option<std::time::Duration>,
+) -> Result<()> {
+    for (reserved, subscription) in subscriptions.iter().enumerate() {
+        if let Err(e) = subscription.reserve(weight, timeout).await {
+            for subscription in &subscriptions[..reserved] {
+                subscription.release(weight);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Puts `messages` (room reserved) into every subscription, and empties it.
+fn store(subscriptions: &[Arc<SubscriptionState>], messages: &mut Vec<Arc<StoredMessage>>) {
+    if messages.is_empty() {
+        return;
+    }
+    for subscription in subscriptions {
+        subscription.enqueue(messages);
+    }
+    messages.clear();
 }
 
 fn message_weight(message: &Message) -> u32 {
@@ -80,6 +149,14 @@ impl Publisher for MemoryPublisher {
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
         let _publishing = self.gate.enter(BACKEND)?;
         self.broker.publish_message(topic, message).await
+    }
+
+    /// One lock per subscription for the whole batch.
+    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+        match self.gate.enter(BACKEND) {
+            Ok(_publishing) => self.broker.publish_messages(topic, messages).await,
+            Err(e) => fail_each(&e, messages.len()),
+        }
     }
 
     async fn flush(&self) -> Result<()> {

@@ -139,29 +139,42 @@ impl SubscriptionState {
         self.room.add_permits(weight as usize);
     }
 
-    pub fn enqueue(&self, message: Arc<StoredMessage>) {
-        let queued = Queued {
-            message,
-            deliveries: 0,
-        };
+    /// Reserves `weight` bytes if the room is there now.
+    pub fn try_reserve(&self, weight: u32) -> bool {
+        match self.room.try_acquire_many(weight) {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queues `messages` (their room reserved), in order, under one lock.
+    pub fn enqueue(&self, messages: &[Arc<StoredMessage>]) {
         {
             let mut queue = lock(&self.queue);
-            match self.ordering_key(&queued) {
-                Some(key) => match queue.waiting_by_key.get_mut(key) {
-                    Some(waiting) => {
-                        waiting.push_back(queued);
-                        return;
-                    }
-                    None => {
-                        queue
-                            .waiting_by_key
-                            .insert(key.to_string(), VecDeque::new());
-                        queue.ready.push_back(queued);
-                    }
-                },
-                None => queue.ready.push_back(queued),
+            for message in messages {
+                let queued = Queued {
+                    message: message.clone(),
+                    deliveries: 0,
+                };
+                match self.ordering_key(&queued) {
+                    Some(key) => match queue.waiting_by_key.get_mut(key) {
+                        Some(waiting) => waiting.push_back(queued),
+                        None => {
+                            queue
+                                .waiting_by_key
+                                .insert(key.to_string(), VecDeque::new());
+                            queue.ready.push_back(queued);
+                        }
+                    },
+                    None => queue.ready.push_back(queued),
+                }
             }
         }
+        // One waiting consumer wakes; each one that takes a message wakes the next while more
+        // are ready (see `take`).
         self.ready.notify_one();
     }
 
@@ -174,9 +187,9 @@ impl SubscriptionState {
         }
     }
 
-    /// Hands out the next ready message, after moving expired deliveries back. Returns the
-    /// delivery (if any) and when the next in-flight message expires.
-    fn take_next(self: &Arc<Self>) -> (Option<Delivery>, Option<Instant>) {
+    /// Hands out up to `max` ready messages, after moving expired deliveries back. Returns the
+    /// deliveries and when the next in-flight message expires.
+    fn take(self: &Arc<Self>, max: usize, into: &mut Vec<Delivery>) -> Option<Instant> {
         let now = Instant::now();
         let mut queue = lock(&self.queue);
         while queue
@@ -190,23 +203,27 @@ impl SubscriptionState {
                 self.retry_or_dead_letter(&mut queue, expired.queued);
             }
         }
-        let delivery = queue.ready.pop_front().map(|mut queued| {
+        let deadline = now + self.options.ack_deadline;
+        let mut took = false;
+        while into.len() < max {
+            let Some(mut queued) = queue.ready.pop_front() else {
+                break;
+            };
             queued.deliveries += 1;
             let tag = queue.first_tag + queue.in_flight.len() as u64;
-            let delivery = Delivery::new(
+            into.push(Delivery::new(
                 queued.message.message.clone(),
                 queued.message.id.clone(),
                 queued.deliveries,
                 queued.message.topic.clone(),
                 Box::new(MemoryAcker::new(self.clone(), tag)),
-            );
-            let deadline = now + self.options.ack_deadline;
+            ));
             queue
                 .in_flight
                 .push_back(Some(InFlight { queued, deadline }));
-            delivery
-        });
-        let more_ready = delivery.is_some() && !queue.ready.is_empty();
+            took = true;
+        }
+        let more_ready = took && !queue.ready.is_empty();
         let next_deadline = queue
             .in_flight
             .front()
@@ -217,7 +234,29 @@ impl SubscriptionState {
             // Another consumer may be waiting for the rest.
             self.ready.notify_one();
         }
-        (delivery, next_deadline)
+        next_deadline
+    }
+
+    /// Waits until up to `max` deliveries can be taken (at least one), or forever.
+    async fn take_waiting(self: &Arc<Self>, max: usize, into: &mut Vec<Delivery>) {
+        loop {
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let next_deadline = self.take(max, into);
+            if !into.is_empty() {
+                return;
+            }
+            match next_deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = ready => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => ready.await,
+            }
+        }
     }
 }
 
@@ -279,28 +318,30 @@ impl std::fmt::Debug for MemorySubscription {
 #[async_trait]
 impl Subscription for MemorySubscription {
     async fn receive(&self) -> Result<Delivery> {
+        let mut one = Vec::with_capacity(1);
         self.lifecycle
             .until_closed(BACKEND, async {
-                loop {
-                    let ready = self.state.ready.notified();
-                    tokio::pin!(ready);
-                    ready.as_mut().enable();
-                    let (delivery, next_deadline) = self.state.take_next();
-                    if let Some(delivery) = delivery {
-                        return Ok(delivery);
-                    }
-                    match next_deadline {
-                        Some(deadline) => {
-                            tokio::select! {
-                                _ = ready => {}
-                                _ = tokio::time::sleep_until(deadline) => {}
-                            }
-                        }
-                        None => ready.await,
-                    }
-                }
+                self.state.take_waiting(1, &mut one).await;
+                one.pop().ok_or_else(|| {
+                    Error::new(ErrorKind::Internal, BACKEND, "woke without a delivery")
+                })
             })
             .await
+    }
+
+    /// Takes the batch under one lock.
+    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        self.lifecycle
+            .until_closed(BACKEND, async {
+                let _ = tokio::time::timeout(wait, self.state.take_waiting(max, &mut batch)).await;
+                Ok(())
+            })
+            .await?;
+        Ok(batch)
     }
 
     async fn close(&self) -> Result<()> {

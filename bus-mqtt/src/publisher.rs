@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bus_core::backend::PublishGate;
+use bus_core::backend::{fail_each, PublishGate};
 use bus_core::{
     Capabilities, Error, ErrorKind, Message, Publisher, Result, SubscriptionName, Topic,
 };
@@ -526,6 +526,40 @@ impl MqttPublisher {
 impl Publisher for MqttPublisher {
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
         let _publishing = self.gate.enter(BACKEND)?;
+        self.publish_one(topic, message).await
+    }
+
+    /// Pipelined: the topic's subscriptions are verified once, then every message is written
+    /// before the first PUBACK is awaited.
+    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+        let _publishing = match self.gate.enter(BACKEND) {
+            Ok(publishing) => publishing,
+            Err(e) => return fail_each(&e, messages.len()),
+        };
+        let sends = messages
+            .into_iter()
+            .map(|message| self.publish_one(topic, message));
+        futures::future::join_all(sends).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.gate.flush().await;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.gate.close().await;
+        Ok(())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.core.capabilities.clone()
+    }
+}
+
+impl MqttPublisher {
+    /// Publishes one message (the caller entered the gate).
+    async fn publish_one(&self, topic: &Topic, message: Message) -> Result<String> {
         self.core.capabilities.check_message(BACKEND, &message)?;
         if let Some(key) = message
             .attributes
@@ -543,19 +577,5 @@ impl Publisher for MqttPublisher {
         let id = uuid::Uuid::new_v4().simple().to_string();
         self.core.publish_message(topic, &message, &id).await?;
         Ok(id)
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.gate.flush().await;
-        Ok(())
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.gate.close().await;
-        Ok(())
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.core.capabilities.clone()
     }
 }

@@ -949,6 +949,34 @@ impl Subscription for MqttSubscription {
         Ok(consumer.deliver(received))
     }
 
+    /// Takes what the connections delivered, up to `max`, under one lock.
+    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let consumer = &self.0;
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        consumer
+            .lifecycle
+            .until_closed(BACKEND, async {
+                let mut incoming = consumer.incoming.lock().await;
+                match tokio::time::timeout(wait, incoming.recv()).await {
+                    Ok(Some(first)) => batch.push(consumer.deliver(first)),
+                    Ok(None) => return Err(Error::closed(BACKEND, "subscription")),
+                    Err(_) => return Ok(()),
+                }
+                while batch.len() < max {
+                    match incoming.try_recv() {
+                        Ok(next) => batch.push(consumer.deliver(next)),
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(batch)
+    }
+
     async fn close(&self) -> Result<()> {
         self.0.close().await;
         Ok(())
