@@ -138,7 +138,12 @@ macro_rules! contract_suite {
             operations_after_close_fail,
             close_unblocks_receive,
             bad_input_rejected,
-            typed_decode_error_keeps_delivery
+            typed_decode_error_keeps_delivery,
+            batch_round_trip,
+            batch_partial_failure,
+            batch_keeps_order,
+            batch_settles_only_what_was_asked,
+            batch_receive_waits_and_closes
         );
     };
     (@scenarios $target:expr; $($scenario:ident),* $(,)?) => {

@@ -79,7 +79,37 @@ async fn nacks_redeliveries_dead_letters_and_decode_errors_are_recorded() {
     assert_eq!(error.kind(), bus::ErrorKind::Decode);
     error.take_delivery().unwrap().ack().await.unwrap();
 
+    // A batch: one `send` span carries all three messages, each processed in its own span.
+    let batches = Topic::new("batches").unwrap();
+    let batcher = bus
+        .subscriber
+        .subscribe(&batches, SubscriptionOptions::new("batcher").unwrap())
+        .await
+        .unwrap();
+    let batch = (0..3).map(|n| Message::new(format!("{n}"))).collect();
+    for result in bus.publisher.publish_batch(&batches, batch).await {
+        result.unwrap();
+    }
+    let received = batcher
+        .receive_batch(10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(received.len(), 3);
+    for result in bus::ack_all(received).await {
+        result.unwrap();
+    }
+
     let text = metrics.render();
+    for (metric, labels, value) in [
+        ("bus_messages_published_total", r#"outcome="ok""#, 3.0),
+        ("bus_messages_acked_total", r#"subscription="batcher""#, 3.0),
+    ] {
+        assert_eq!(
+            sample(&text, metric, &[r#"topic="batches""#, labels]),
+            Some(value),
+            "{metric}:\n{text}"
+        );
+    }
     let worker_labels = [
         r#"subscription="worker""#,
         r#"topic="jobs""#,
@@ -140,5 +170,26 @@ async fn nacks_redeliveries_dead_letters_and_decode_errors_are_recorded() {
     );
     let nacks = spans.iter().filter(|s| s.name == "nack worker").count();
     assert_eq!(nacks, 2);
+    let sends: Vec<_> = spans.iter().filter(|s| s.name == "send batches").collect();
+    assert_eq!(sends.len(), 1, "one span for the batch");
+    assert!(
+        sends[0].attributes.iter().any(
+            |kv| kv.key.as_str() == "messaging.batch.message_count" && kv.value.as_str() == "3"
+        ),
+        "{:?}",
+        sends[0].attributes
+    );
+    let processed: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "process batches")
+        .collect();
+    assert_eq!(processed.len(), 3);
+    for span in processed {
+        assert_eq!(
+            span.parent_span_id,
+            sends[0].span_context.span_id(),
+            "each message continues the batch's trace"
+        );
+    }
     bus.close().await.unwrap();
 }

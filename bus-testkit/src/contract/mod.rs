@@ -3,12 +3,17 @@
 //! assertion) when the backend breaks the contract, and returns [`Outcome::Skipped`] when the
 //! backend declares that it lacks what the scenario checks.
 
+mod batch;
 mod delivery;
 mod durability;
 mod input;
 mod lifecycle;
 mod settling;
 
+pub use batch::{
+    batch_keeps_order, batch_partial_failure, batch_receive_waits_and_closes, batch_round_trip,
+    batch_settles_only_what_was_asked,
+};
 pub use delivery::{
     competing_consumers, concurrent_publishers, fan_out, round_trip, topic_isolation,
 };
