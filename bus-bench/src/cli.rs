@@ -225,6 +225,10 @@ pub struct Common {
     /// Streaming pulls per bus-gcp consumer.
     #[arg(long, default_value_t = 4)]
     streams: usize,
+    /// Also measure bus through its batch API, this many messages per `publish_batch` and
+    /// `receive_batch` call (`compare`: with as many messages in flight as one by one).
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
     /// JSON lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -249,6 +253,8 @@ pub enum Client {
     RawV311,
     /// The Python client (paho-mqtt, google-cloud-pubsub).
     Python,
+    /// bus through its batch API (`--batch`).
+    BusBatch,
 }
 
 /// The broker process for a run, kept alive while it is measured.
@@ -335,6 +341,7 @@ impl Common {
                 Backend::Gcp => Duration::from_secs(60),
                 _ => Duration::from_secs(10),
             },
+            batch: self.batch,
         })
     }
 }
@@ -345,7 +352,18 @@ async fn run_client(
     params: &Params,
 ) -> Result<BenchResult, String> {
     match (broker, client) {
-        (broker, Client::Bus) => Ok(clients::bus(broker, params).await),
+        (broker, Client::Bus) => Ok(clients::bus(
+            broker,
+            &Params {
+                batch: 0,
+                ..params.clone()
+            },
+        )
+        .await),
+        (_, Client::BusBatch) if params.batch == 0 => {
+            Err("the batch client needs --batch N (messages per call)".into())
+        }
+        (broker, Client::BusBatch) => Ok(clients::bus(broker, params).await),
         (Broker::Memory, Client::Raw) => Ok(clients::raw_memory(params).await),
         (Broker::Mqtt { port }, Client::Raw) => {
             Ok(clients::raw_mqtt(*port, MqttVersion::V5, params).await)
@@ -392,6 +410,12 @@ fn lineup(backend: Backend, params: &Params, python: bool) -> Vec<(Client, Param
             lineup
         }
     };
+    if let Some(tasks) = params.publishers.checked_div(params.batch) {
+        // As many messages in flight as one by one: fewer tasks, each with a batch.
+        let mut batched = params.clone();
+        batched.publishers = tasks.max(1);
+        clients.insert(1, (Client::BusBatch, batched));
+    }
     if python && backend != Backend::Memory {
         clients.push((Client::Python, params.clone()));
     }
@@ -439,23 +463,19 @@ async fn compare(
 /// Per round, bus's end-to-end rate over each other client's: the median and the spread.
 fn round_ratios(results: &[BenchResult], rounds: &[Vec<f64>]) -> String {
     let mut text = String::new();
-    let Some(bus) = results.iter().position(|r| r.client == "bus") else {
-        return text;
-    };
-    for (other, result) in results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.client != "bus")
-    {
-        let ratios: Vec<f64> = rounds
-            .iter()
-            .map(|rates| rates[bus] / rates[other].max(f64::MIN_POSITIVE))
-            .collect();
-        let (median, low, high) = median_and_spread(ratios);
-        text.push_str(&format!(
-            "per round, bus ({}) / {} ({}) end to end: median {median:.2}x (min {low:.2}, max {high:.2})\n",
-            results[bus].variant, result.client, result.variant
-        ));
+    let is_bus = |r: &BenchResult| r.client.starts_with("bus");
+    for (bus, ours) in results.iter().enumerate().filter(|(_, r)| is_bus(r)) {
+        for (other, result) in results.iter().enumerate().filter(|(_, r)| !is_bus(r)) {
+            let ratios: Vec<f64> = rounds
+                .iter()
+                .map(|rates| rates[bus] / rates[other].max(f64::MIN_POSITIVE))
+                .collect();
+            let (median, low, high) = median_and_spread(ratios);
+            text.push_str(&format!(
+                "per round, {} ({}) / {} ({}) end to end: median {median:.2}x (min {low:.2}, max {high:.2})\n",
+                ours.client, ours.variant, result.client, result.variant
+            ));
+        }
     }
     text
 }
@@ -584,6 +604,7 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 qos: 1,
                 streams,
                 idle_timeout: Duration::from_secs(60),
+                batch: 0,
             };
             bridge_rounds(rounds, &params).await
         }
@@ -615,6 +636,7 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 qos: 1,
                 streams: 1,
                 idle_timeout: Duration::from_secs(60),
+                batch: 0,
             };
             let result = crate::telemetry_cost::run(mode, port, &params).await?;
             println!(

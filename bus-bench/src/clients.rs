@@ -97,6 +97,13 @@ pub async fn bus(broker: &Broker, params: &Params) -> BenchResult {
         Broker::Mqtt { .. } => format!("bus-mqtt MQTT 5 QoS {}", params.qos),
         Broker::Gcp { .. } => format!("bus-gcp, {} stream(s)", params.streams),
     };
+    if params.batch > 0 {
+        result.client = "bus-batch".into();
+        result.variant = format!(
+            "{}, batches of {} ({} tasks)",
+            result.variant, params.batch, params.publishers
+        );
+    }
     result
 }
 
@@ -267,9 +274,23 @@ async fn across(
         .iter()
         .map(|consumer| {
             let (consumer, tracker) = (consumer.clone(), tracker.clone());
+            let batch = params.batch;
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1024);
                 while !tracker.complete() {
+                    if batch > 0 {
+                        let Ok(deliveries) = consumer
+                            .receive_batch(batch, Duration::from_millis(100))
+                            .await
+                        else {
+                            break;
+                        };
+                        for delivery in &deliveries {
+                            tracker.record(delivery.payload(), &mut latencies);
+                        }
+                        let _ = bus::ack_all(deliveries).await;
+                        continue;
+                    }
                     let Ok(delivery) = consumer.receive().await else {
                         break;
                     };
@@ -284,7 +305,20 @@ async fn across(
         .into_iter()
         .map(|share| {
             let (publisher, topic, size) = (publisher.clone(), topic.clone(), params.payload);
+            let batch = params.batch;
             tokio::spawn(async move {
+                if batch > 0 {
+                    for seqs in share.chunks(batch) {
+                        let messages = seqs
+                            .iter()
+                            .map(|seq| Message::new(stamp(*seq, size)))
+                            .collect();
+                        for result in publisher.publish_batch(&topic, messages).await {
+                            result.expect("publish_batch");
+                        }
+                    }
+                    return;
+                }
                 for seq in share {
                     publisher
                         .publish(&topic, Message::new(stamp(seq, size)))

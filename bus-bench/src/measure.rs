@@ -29,6 +29,9 @@ pub struct Params {
     pub streams: usize,
     /// Give up waiting after this long without a new message (the rest count as lost).
     pub idle_timeout: Duration,
+    /// Messages per `publish_batch` / `receive_batch` call (bus client); 0: one call per
+    /// message.
+    pub batch: usize,
 }
 
 /// Wall-clock nanoseconds: comparable between processes (the Python peers) on one machine.
@@ -265,6 +268,7 @@ mod tests {
             qos: 1,
             streams: 1,
             idle_timeout: Duration::from_secs(1),
+            batch: 0,
         }
     }
 

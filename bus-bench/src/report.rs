@@ -46,13 +46,15 @@ pub fn table(results: &[BenchResult]) -> String {
             r.duplicates
         ));
     }
-    for bus in results.iter().filter(|r| r.client == "bus") {
+    let is_bus = |r: &&BenchResult| r.client.starts_with("bus");
+    for bus in results.iter().filter(is_bus) {
         for other in results
             .iter()
-            .filter(|r| r.client != "bus" && r.backend == bus.backend)
+            .filter(|r| !is_bus(r) && r.backend == bus.backend)
         {
             text.push_str(&format!(
-                "bus ({}) / {} ({}), ratio of the medians: publish {:.2}x, end-to-end {:.2}x\n",
+                "{} ({}) / {} ({}), ratio of the medians: publish {:.2}x, end-to-end {:.2}x\n",
+                bus.client,
                 bus.variant,
                 other.client,
                 other.variant,

@@ -164,6 +164,7 @@ pub async fn mosquitto_queue_limit(messages: usize, payload: usize) -> Vec<Queue
             qos: 1,
             streams: 1,
             idle_timeout: Duration::from_secs(5),
+            batch: 0,
         };
         let config = Broker::Mqtt {
             port: broker.port(),

@@ -184,6 +184,7 @@ pub async fn rounds(
         qos: 1,
         streams: 1,
         idle_timeout: Duration::from_secs(60),
+        batch: 0,
     };
     let mut warm_up = params.clone();
     warm_up.messages = (messages / 10).max(1);
