@@ -105,6 +105,24 @@ impl PublishGate {
         Ok(publishing)
     }
 
+    /// Runs the batch publish that `publish` makes inside the gate, or fails every one of its
+    /// `count` messages with [`ErrorKind::Closed`](crate::ErrorKind::Closed) once the publisher
+    /// is closed.
+    pub async fn batch<T, F>(
+        &self,
+        backend: &'static str,
+        count: usize,
+        publish: impl FnOnce() -> F,
+    ) -> Vec<Result<T>>
+    where
+        F: Future<Output = Vec<Result<T>>>,
+    {
+        match self.enter(backend) {
+            Ok(_publishing) => publish().await,
+            Err(e) => fail_each(&e, count),
+        }
+    }
+
     /// Waits until no publish is in flight.
     pub async fn flush(&self) {
         loop {
@@ -150,6 +168,18 @@ pub fn fail_each<T>(error: &Error, count: usize) -> Vec<Result<T>> {
                 .with_retryable(error.is_retryable()))
         })
         .collect()
+}
+
+/// The result of a one-message batch: a single publish made through a backend's batch path.
+pub fn only_result<T>(mut results: Vec<Result<T>>) -> Result<T> {
+    match (results.pop(), results.is_empty()) {
+        (Some(result), true) => result,
+        _ => Err(Error::new(
+            crate::ErrorKind::Internal,
+            crate::CORE,
+            "a one-message batch did not return exactly one result",
+        )),
+    }
 }
 
 /// The closed state of a subscriber, or of one subscription made by it (a child: closing the

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bus_core::backend::{fail_each, PublishGate};
+use bus_core::backend::{fail_each, only_result, PublishGate};
 use bus_core::{Capabilities, Error, ErrorKind, Message, Publisher, Result, Topic};
 use google_cloud_pubsub::client::Publisher as PubSubPublisher;
 use google_cloud_pubsub::model::Message as PubSubMessage;
@@ -177,23 +177,16 @@ impl Publisher for GcpPublisher {
             .inner
             .capabilities
             .check_message(BACKEND, &message)?;
-        let mut results = self.publish_messages(topic, vec![message]).await;
-        results.pop().unwrap_or_else(|| {
-            Err(Error::new(
-                ErrorKind::Internal,
-                BACKEND,
-                "a publish without a result",
-            ))
-        })
+        only_result(self.publish_messages(topic, vec![message]).await)
     }
 
     /// Every message goes to the topic's batching client before the first result is awaited,
     /// so the batch leaves in as few publish requests as the client's limits allow.
     async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
-        match self.gate.enter(BACKEND) {
-            Ok(_publishing) => self.publish_messages(topic, messages).await,
-            Err(e) => fail_each(&e, messages.len()),
-        }
+        let count = messages.len();
+        self.gate
+            .batch(BACKEND, count, || self.publish_messages(topic, messages))
+            .await
     }
 
     async fn flush(&self) -> Result<()> {

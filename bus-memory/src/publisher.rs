@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bus_core::backend::{fail_each, PublishGate};
-use bus_core::{Capabilities, Error, ErrorKind, Message, Publisher, Result, Topic};
+use bus_core::backend::{only_result, PublishGate};
+use bus_core::{Capabilities, Message, Publisher, Result, Topic};
 
 use crate::subscriber::SubscriptionState;
 use crate::{read, MemoryBackend, BACKEND, PER_MESSAGE_OVERHEAD};
@@ -38,14 +38,7 @@ impl MemoryPublisher {
 impl MemoryBackend {
     /// Stores `message` in every subscription of `topic`, waiting for room in each.
     pub(crate) async fn publish_message(&self, topic: &Topic, message: Message) -> Result<String> {
-        let mut results = self.publish_messages(topic, vec![message]).await;
-        results.pop().unwrap_or_else(|| {
-            Err(Error::new(
-                ErrorKind::Internal,
-                BACKEND,
-                "a publish without a result",
-            ))
-        })
+        only_result(self.publish_messages(topic, vec![message]).await)
     }
 
     /// Stores each of `messages` in every subscription of `topic` (or in none), in order:
@@ -153,10 +146,12 @@ impl Publisher for MemoryPublisher {
 
     /// One lock per subscription for the whole batch.
     async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
-        match self.gate.enter(BACKEND) {
-            Ok(_publishing) => self.broker.publish_messages(topic, messages).await,
-            Err(e) => fail_each(&e, messages.len()),
-        }
+        let count = messages.len();
+        self.gate
+            .batch(BACKEND, count, || {
+                self.broker.publish_messages(topic, messages)
+            })
+            .await
     }
 
     async fn flush(&self) -> Result<()> {

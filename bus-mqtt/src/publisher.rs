@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bus_core::backend::{fail_each, PublishGate};
+use bus_core::backend::PublishGate;
 use bus_core::{
     Capabilities, Error, ErrorKind, Message, Publisher, Result, SubscriptionName, Topic,
 };
@@ -532,14 +532,15 @@ impl Publisher for MqttPublisher {
     /// Pipelined: the topic's subscriptions are verified once, then every message is written
     /// before the first PUBACK is awaited.
     async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
-        let _publishing = match self.gate.enter(BACKEND) {
-            Ok(publishing) => publishing,
-            Err(e) => return fail_each(&e, messages.len()),
-        };
-        let sends = messages
-            .into_iter()
-            .map(|message| self.publish_one(topic, message));
-        futures::future::join_all(sends).await
+        let count = messages.len();
+        self.gate
+            .batch(BACKEND, count, || {
+                let sends = messages
+                    .into_iter()
+                    .map(|message| self.publish_one(topic, message));
+                futures::future::join_all(sends)
+            })
+            .await
     }
 
     async fn flush(&self) -> Result<()> {

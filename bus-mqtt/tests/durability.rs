@@ -87,6 +87,28 @@ async fn receive_all(
     deliveries - expected.len()
 }
 
+/// Receives (and acks) from any of `subscriptions` until every payload of `sent` is in `seen`
+/// or `limit` passed; returns the payloads still missing.
+async fn receive_from_any(
+    subscriptions: &[&dyn Subscription],
+    sent: &HashSet<String>,
+    seen: &mut HashSet<String>,
+    limit: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    while !sent.iter().all(|p| seen.contains(p)) && Instant::now() < deadline {
+        for subscription in subscriptions {
+            if let Ok(Ok(delivery)) =
+                tokio::time::timeout(Duration::from_millis(100), subscription.receive()).await
+            {
+                seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
+                let _ = delivery.ack().await;
+            }
+        }
+    }
+    sent.difference(seen).cloned().collect()
+}
+
 /// Takes what is delivered within `quiet`, acking nothing; returns the deliveries.
 async fn hold(subscription: &dyn Subscription, quiet: Duration) -> Vec<bus_core::Delivery> {
     let mut held = Vec::new();
@@ -344,18 +366,14 @@ async fn hostile_reserved_entries_are_harmless() {
         .unwrap();
     mosquitto_pub(broker, &["-r", "-t", &forged_topic, "-m", &forged]);
     sent.extend(publish_many(&publisher, &topic, "b", 20).await);
-    let (mut seen, deadline) = (HashSet::new(), Instant::now() + Duration::from_secs(20));
-    while !sent.iter().all(|p| seen.contains(p)) && Instant::now() < deadline {
-        for subscription in [&subscription, &other] {
-            if let Ok(Ok(delivery)) =
-                tokio::time::timeout(Duration::from_millis(100), subscription.receive()).await
-            {
-                seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
-                let _ = delivery.ack().await;
-            }
-        }
-    }
-    let missing: Vec<_> = sent.difference(&seen).collect();
+    let mut seen = HashSet::new();
+    let missing = receive_from_any(
+        &[&*subscription, &*other],
+        &sent,
+        &mut seen,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(missing.is_empty(), "lost {missing:?}");
     subscription.close().await.unwrap();
     other.close().await.unwrap();
@@ -460,18 +478,13 @@ async fn a_consumer_not_back_after_a_restart_takes_no_peer_over() {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sent.iter().all(|p| seen.contains(p)) && Instant::now() < deadline {
-        for subscription in [&slow_sub, &quick_sub] {
-            if let Ok(Ok(delivery)) =
-                tokio::time::timeout(Duration::from_millis(100), subscription.receive()).await
-            {
-                seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
-                let _ = delivery.ack().await;
-            }
-        }
-    }
-    let missing: Vec<_> = sent.difference(&seen).collect();
+    let missing = receive_from_any(
+        &[&*slow_sub, &*quick_sub],
+        &sent,
+        &mut seen,
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(
         missing.is_empty(),
         "{} of {} lost: {missing:?}",
@@ -549,18 +562,14 @@ async fn a_peer_back_within_the_handover_delay_after_a_restart_is_not_taken_over
         !states.contains(r#""state":"draining""#),
         "a consumer back within the handover delay was taken over:\n{states}"
     );
-    let (mut seen, deadline) = (HashSet::new(), Instant::now() + Duration::from_secs(20));
-    while !sent.iter().all(|p| seen.contains(p)) && Instant::now() < deadline {
-        for subscription in &subscriptions {
-            if let Ok(Ok(delivery)) =
-                tokio::time::timeout(Duration::from_millis(100), subscription.receive()).await
-            {
-                seen.insert(String::from_utf8_lossy(delivery.payload()).into_owned());
-                let _ = delivery.ack().await;
-            }
-        }
-    }
-    let missing: Vec<_> = sent.difference(&seen).collect();
+    let mut seen = HashSet::new();
+    let missing = receive_from_any(
+        &subscriptions.iter().map(|s| &**s).collect::<Vec<_>>(),
+        &sent,
+        &mut seen,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(missing.is_empty(), "lost {missing:?}");
 }
 

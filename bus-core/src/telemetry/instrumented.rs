@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use metrics::{Counter, Gauge, Histogram};
 use tracing::field::Empty;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::*;
+use crate::backend::only_result;
 use crate::{
     Acker, Backend, Capabilities, Delivery, Message, Publisher, Result, Subscriber, Subscription,
     SubscriptionOptions, Topic,
@@ -116,10 +117,10 @@ impl InstrumentedPublisher {
     }
 }
 
-#[async_trait]
-impl Publisher for InstrumentedPublisher {
-    async fn publish(&self, topic: &Topic, mut message: Message) -> Result<String> {
-        let span = tracing::info_span!(
+impl InstrumentedPublisher {
+    /// The `send {topic}` span of one message (`body_size`) or a batch (`count`).
+    fn send_span(&self, topic: &Topic, body_size: Option<usize>, count: Option<usize>) -> Span {
+        tracing::info_span!(
             target: "bus",
             "send",
             otel.name = %format_args!("send {topic}"),
@@ -129,55 +130,25 @@ impl Publisher for InstrumentedPublisher {
             messaging.destination.name = %topic,
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
-            messaging.message.body.size = message.payload.len(),
+            messaging.message.body.size = body_size,
+            messaging.batch.message_count = count,
             messaging.message.id = Empty,
             error.type = Empty,
-        );
-        #[cfg(feature = "otel")]
-        super::otel::inject(&span, &mut message.attributes);
-        #[cfg(not(feature = "otel"))]
-        let _ = &mut message;
-        let metrics = self.metrics(topic);
-        let started = Instant::now();
-        let result = self
-            .inner
-            .publish(topic, message)
-            .instrument(span.clone())
-            .await;
-        metrics.duration.record(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(id) => {
-                metrics.ok.increment(1);
-                span.record("messaging.message.id", id.as_str());
-            }
-            Err(e) => {
-                metrics.error.increment(1);
-                span.record("error.type", e.kind().as_str());
-                span.record("otel.status_code", "ERROR");
-            }
-        }
-        result
+        )
     }
 
-    async fn publish_batch(
+    /// Publishes `messages` (inside `span`, their trace context set from it) through `send`,
+    /// counts every result and marks the span failed if one failed.
+    async fn send<F>(
         &self,
         topic: &Topic,
+        span: Span,
         mut messages: Vec<Message>,
-    ) -> Vec<Result<String>> {
-        // One span for the batch: every message carries its context.
-        let span = tracing::info_span!(
-            target: "bus",
-            "send",
-            otel.name = %format_args!("send {topic}"),
-            otel.kind = "producer",
-            otel.status_code = Empty,
-            messaging.system = self.system,
-            messaging.destination.name = %topic,
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.batch.message_count = messages.len(),
-            error.type = Empty,
-        );
+        send: impl FnOnce(Vec<Message>) -> F,
+    ) -> Vec<Result<String>>
+    where
+        F: std::future::Future<Output = Vec<Result<String>>>,
+    {
         #[cfg(feature = "otel")]
         for message in &mut messages {
             super::otel::inject(&span, &mut message.attributes);
@@ -186,11 +157,7 @@ impl Publisher for InstrumentedPublisher {
         let _ = &mut messages;
         let metrics = self.metrics(topic);
         let started = Instant::now();
-        let results = self
-            .inner
-            .publish_batch(topic, messages)
-            .instrument(span.clone())
-            .await;
+        let results = send(messages).instrument(span.clone()).await;
         let elapsed = started.elapsed().as_secs_f64();
         let mut failed = None;
         for result in &results {
@@ -203,11 +170,42 @@ impl Publisher for InstrumentedPublisher {
                 }
             }
         }
-        if let Some(kind) = failed {
-            span.record("error.type", kind.as_str());
-            span.record("otel.status_code", "ERROR");
+        match (&results[..], failed) {
+            (_, Some(kind)) => {
+                span.record("error.type", kind.as_str());
+                span.record("otel.status_code", "ERROR");
+            }
+            ([Ok(id)], None) => {
+                span.record("messaging.message.id", id.as_str());
+            }
+            _ => {}
         }
         results
+    }
+}
+
+#[async_trait]
+impl Publisher for InstrumentedPublisher {
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
+        let span = self.send_span(topic, Some(message.payload.len()), None);
+        let results = self
+            .send(topic, span, vec![message], |mut messages| async move {
+                let Some(message) = messages.pop() else {
+                    return Vec::new();
+                };
+                vec![self.inner.publish(topic, message).await]
+            })
+            .await;
+        only_result(results)
+    }
+
+    /// One span for the batch: every message carries its context.
+    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+        let span = self.send_span(topic, None, Some(messages.len()));
+        self.send(topic, span, messages, |messages| {
+            self.inner.publish_batch(topic, messages)
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<()> {
