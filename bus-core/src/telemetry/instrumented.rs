@@ -81,6 +81,8 @@ impl Backend for Instrumented {
 /// A publisher's metric handles for one topic, registered on first use.
 #[derive(Debug)]
 struct PublishMetrics {
+    /// `send {topic}`, made once: the span name (formatting it per message shows in profiles).
+    span_name: Box<str>,
     ok: Counter,
     error: Counter,
     duration: Histogram,
@@ -90,6 +92,7 @@ impl PublishMetrics {
     fn new(system: &'static str, topic: &Topic) -> PublishMetrics {
         let topic = topic.to_string();
         PublishMetrics {
+            span_name: format!("send {topic}").into(),
             ok: metrics::counter!(PUBLISHED_TOTAL, "system" => system, "topic" => topic.clone(), "outcome" => "ok"),
             error: metrics::counter!(PUBLISHED_TOTAL, "system" => system, "topic" => topic.clone(), "outcome" => "error"),
             duration: metrics::histogram!(PUBLISH_DURATION_SECONDS, "system" => system, "topic" => topic),
@@ -119,15 +122,21 @@ impl InstrumentedPublisher {
 
 impl InstrumentedPublisher {
     /// The `send {topic}` span of one message (`body_size`) or a batch (`count`).
-    fn send_span(&self, topic: &Topic, body_size: Option<usize>, count: Option<usize>) -> Span {
+    fn send_span(
+        &self,
+        topic: &Topic,
+        metrics: &PublishMetrics,
+        body_size: Option<usize>,
+        count: Option<usize>,
+    ) -> Span {
         tracing::info_span!(
             target: "bus",
             "send",
-            otel.name = %format_args!("send {topic}"),
+            otel.name = &*metrics.span_name,
             otel.kind = "producer",
             otel.status_code = Empty,
             messaging.system = self.system,
-            messaging.destination.name = %topic,
+            messaging.destination.name = topic.as_str(),
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.message.body.size = body_size,
@@ -141,7 +150,7 @@ impl InstrumentedPublisher {
     /// counts every result and marks the span failed if one failed.
     async fn send<F>(
         &self,
-        topic: &Topic,
+        metrics: &PublishMetrics,
         span: Span,
         mut messages: Vec<Message>,
         send: impl FnOnce(Vec<Message>) -> F,
@@ -155,7 +164,6 @@ impl InstrumentedPublisher {
         }
         #[cfg(not(feature = "otel"))]
         let _ = &mut messages;
-        let metrics = self.metrics(topic);
         let started = Instant::now();
         let results = send(messages).instrument(span.clone()).await;
         let elapsed = started.elapsed().as_secs_f64();
@@ -187,9 +195,10 @@ impl InstrumentedPublisher {
 #[async_trait]
 impl Publisher for InstrumentedPublisher {
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
-        let span = self.send_span(topic, Some(message.payload.len()), None);
+        let metrics = self.metrics(topic);
+        let span = self.send_span(topic, &metrics, Some(message.payload.len()), None);
         let results = self
-            .send(topic, span, vec![message], |mut messages| async move {
+            .send(&metrics, span, vec![message], |mut messages| async move {
                 let Some(message) = messages.pop() else {
                     return Vec::new();
                 };
@@ -201,8 +210,9 @@ impl Publisher for InstrumentedPublisher {
 
     /// One span for the batch: every message carries its context.
     async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
-        let span = self.send_span(topic, None, Some(messages.len()));
-        self.send(topic, span, messages, |messages| {
+        let metrics = self.metrics(topic);
+        let span = self.send_span(topic, &metrics, None, Some(messages.len()));
+        self.send(&metrics, span, messages, |messages| {
             self.inner.publish_batch(topic, messages)
         })
         .await
@@ -259,6 +269,11 @@ impl Subscriber for InstrumentedSubscriber {
 /// What one subscription records with, registered at subscribe.
 #[derive(Debug)]
 struct SubscriptionTelemetry {
+    /// The span names, made once: `process {topic}`, `ack {subscription}`, `nack
+    /// {subscription}`.
+    process_name: Box<str>,
+    ack_name: Box<str>,
+    nack_name: Box<str>,
     system: &'static str,
     topic: Topic,
     subscription: String,
@@ -277,6 +292,9 @@ impl SubscriptionTelemetry {
             ("subscription", subscription.to_string()),
         ];
         SubscriptionTelemetry {
+            process_name: format!("process {topic}").into(),
+            ack_name: format!("ack {subscription}").into(),
+            nack_name: format!("nack {subscription}").into(),
             system,
             topic: topic.clone(),
             subscription: subscription.to_string(),
@@ -321,11 +339,11 @@ impl InstrumentedSubscription {
             target: "bus",
             parent: None,
             "process",
-            otel.name = %format_args!("process {}", t.topic),
+            otel.name = &*t.process_name,
             otel.kind = "consumer",
             messaging.system = t.system,
-            messaging.destination.name = %t.topic,
-            messaging.destination.subscription.name = %t.subscription,
+            messaging.destination.name = t.topic.as_str(),
+            messaging.destination.subscription.name = t.subscription.as_str(),
             messaging.operation.type = "process",
             messaging.message.id = delivery.id(),
             messaging.message.body.size = delivery.payload().len(),
@@ -371,10 +389,10 @@ impl InstrumentedAcker {
             target: "bus",
             parent: &self.span,
             "settle",
-            otel.name = %format_args!("{operation} {}", t.subscription),
+            otel.name = if ack { &*t.ack_name } else { &*t.nack_name },
             otel.status_code = Empty,
             messaging.system = t.system,
-            messaging.destination.subscription.name = %t.subscription,
+            messaging.destination.subscription.name = t.subscription.as_str(),
             messaging.operation.type = "settle",
             messaging.operation.name = operation,
             error.type = Empty,
