@@ -11,7 +11,7 @@ use clap::{Subcommand, ValueEnum};
 use crate::clients::{self, Broker, MqttVersion};
 use crate::measure::{self, median_and_spread, BenchResult, Params, HEADER_BYTES};
 use crate::telemetry_cost::TelemetryMode;
-use crate::{python, report, scenarios, soak};
+use crate::{backlog, python, report, scenarios, soak};
 
 /// What `bus bench` runs.
 #[derive(Debug, Subcommand)]
@@ -29,6 +29,11 @@ pub enum BenchCommand {
         /// Also write the results as an SVG bar chart.
         #[arg(long)]
         chart: Option<PathBuf>,
+        /// Measure every client at each of these windows (messages in flight, e.g.
+        /// `64,256,1024,4096`) instead of `--publishers` alone, and report each client's best
+        /// window as well as the ratios at the same window.
+        #[arg(long, value_delimiter = ',')]
+        windows: Vec<usize>,
     },
     /// One run of one client.
     Run {
@@ -77,6 +82,30 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         payload: usize,
         /// JSON lines instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// MQTT or Pub/Sub: a subscription with nobody consuming while `--messages` messages are
+    /// published, the broker's and the client's resident memory read, then the backlog drained
+    /// and every message counted (memory: see `backpressure`, bounded by
+    /// `memory.max_queued_bytes`).
+    Backlog {
+        /// The transport (mqtt or gcp).
+        #[arg(long, value_enum)]
+        backend: Backend,
+        /// Messages in the backlog.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// Payload bytes (at least 16).
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// Publishes in flight while building the backlog.
+        #[arg(long, default_value_t = 1024)]
+        publishers: usize,
+        /// Extra Mosquitto config lines, e.g. "autosave_interval 60" (mqtt).
+        #[arg(long)]
+        broker_config: Option<String>,
+        /// One JSON object instead of the text.
         #[arg(long)]
         json: bool,
     },
@@ -151,11 +180,13 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         streams: usize,
     },
-    /// What telemetry costs on MQTT end to end: rounds of four runs in a rotating order, each
-    /// in a process of its own — bus without its telemetry layer, with it but nothing
-    /// installed (`off`), with spans recorded and metrics kept (`on`: OpenTelemetry SDK, no
-    /// exporter; Prometheus recorder), and with spans exported over OTLP/HTTP to a local sink
-    /// (`otlp`). Prints each run, then the medians and the per-round ratios.
+    /// What telemetry costs on MQTT end to end: rounds of six runs in a rotating order, each
+    /// in a process of its own — bus without its telemetry layer (`bare`), with it but nothing
+    /// installed (`off`), with spans handed to a subscriber that keeps nothing (`noop`), with
+    /// spans recorded and metrics kept (`on`: OpenTelemetry SDK, no exporter; Prometheus
+    /// recorder), with every span exported over OTLP/HTTP to a local sink (`otlp`), and as
+    /// `otlp` sampling one trace in a hundred (`sampled`). Prints each run, then the medians
+    /// and the per-round ratios.
     Telemetry {
         /// Messages per run.
         #[arg(long, default_value_t = 50_000)]
@@ -229,6 +260,10 @@ pub struct Common {
     /// `receive_batch` call (`compare`: with as many messages in flight as one by one).
     #[arg(long, default_value_t = 0)]
     batch: usize,
+    /// Subscriptions on the topic, each getting every message (fan-out; bus clients only:
+    /// `compare` leaves the raw clients out when it is above 1).
+    #[arg(long, default_value_t = 1)]
+    subscriptions: usize,
     /// JSON lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -263,7 +298,7 @@ enum Running {
     Mqtt(Mosquitto),
     Gcp {
         /// Kept alive while measured (`None` for an external emulator).
-        _emulator: Option<PubSubEmulator>,
+        emulator: Option<PubSubEmulator>,
         host: String,
     },
 }
@@ -275,18 +310,27 @@ impl Running {
             Backend::Mqtt => Running::Mqtt(Mosquitto::start()),
             Backend::Gcp => match std::env::var("PUBSUB_EMULATOR_HOST") {
                 Ok(host) => Running::Gcp {
-                    _emulator: None,
+                    emulator: None,
                     host,
                 },
                 Err(_) => {
                     let emulator = PubSubEmulator::start();
                     let host = emulator.host_port();
                     Running::Gcp {
-                        _emulator: Some(emulator),
+                        emulator: Some(emulator),
                         host,
                     }
                 }
             },
+        }
+    }
+
+    /// The broker's process id (this process for memory; `None` for an external emulator).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Memory => Some(std::process::id()),
+            Running::Mqtt(mosquitto) => mosquitto.pid(),
+            Running::Gcp { emulator, .. } => emulator.as_ref().and_then(|e| e.pid()),
         }
     }
 
@@ -313,8 +357,11 @@ impl Common {
             Backend::Memory => 64,
             Backend::Mqtt | Backend::Gcp => 1024,
         });
-        if publishers == 0 || self.consumers == 0 || self.streams == 0 {
-            return Err("--publishers, --consumers and --streams must be at least 1".into());
+        if publishers == 0 || self.consumers == 0 || self.streams == 0 || self.subscriptions == 0 {
+            return Err(
+                "--publishers, --consumers, --streams and --subscriptions must be at least 1"
+                    .into(),
+            );
         }
         if self.qos > 2 {
             return Err(format!(
@@ -342,6 +389,7 @@ impl Common {
                 _ => Duration::from_secs(10),
             },
             batch: self.batch,
+            subscriptions: self.subscriptions,
         })
     }
 }
@@ -351,6 +399,12 @@ async fn run_client(
     client: Client,
     params: &Params,
 ) -> Result<BenchResult, String> {
+    if params.subscriptions > 1 && !matches!(client, Client::Bus | Client::BusBatch) {
+        return Err(format!(
+            "--subscriptions {}: fan-out is measured for the bus clients only",
+            params.subscriptions
+        ));
+    }
     match (broker, client) {
         (broker, Client::Bus) => Ok(clients::bus(
             broker,
@@ -419,6 +473,9 @@ fn lineup(backend: Backend, params: &Params, python: bool) -> Vec<(Client, Param
     if python && backend != Backend::Memory {
         clients.push((Client::Python, params.clone()));
     }
+    if params.subscriptions > 1 {
+        clients.retain(|(client, _)| matches!(client, Client::Bus | Client::BusBatch));
+    }
     clients
 }
 
@@ -430,11 +487,30 @@ async fn compare(
     common: &Common,
     runs: usize,
     python: bool,
+    windows: &[usize],
 ) -> Result<(Vec<BenchResult>, Vec<Vec<f64>>), String> {
     let params = common.params()?;
+    if windows.contains(&0) {
+        return Err("--windows: every window must be at least 1".into());
+    }
+    let mut lineup = Vec::new();
+    for (which, window) in windows.iter().enumerate() {
+        let at_window = Params {
+            publishers: *window,
+            ..params.clone()
+        };
+        // The Python peers keep their own window: measured once.
+        lineup.extend(self::lineup(
+            common.backend,
+            &at_window,
+            python && which == 0,
+        ));
+    }
+    if windows.is_empty() {
+        lineup = self::lineup(common.backend, &params, python);
+    }
     let running = Running::start(common.backend);
     let broker = running.broker();
-    let lineup = lineup(common.backend, &params, python);
     for (client, params) in &lineup {
         // Warm-up: connections, JIT of the emulator and the Python interpreter, page cache.
         let mut warm_up = params.clone();
@@ -460,20 +536,25 @@ async fn compare(
     ))
 }
 
-/// Per round, bus's end-to-end rate over each other client's: the median and the spread.
+/// Per round, bus's end-to-end rate over each other client's at the same window: the median
+/// and the spread.
 fn round_ratios(results: &[BenchResult], rounds: &[Vec<f64>]) -> String {
     let mut text = String::new();
     let is_bus = |r: &BenchResult| r.client.starts_with("bus");
     for (bus, ours) in results.iter().enumerate().filter(|(_, r)| is_bus(r)) {
-        for (other, result) in results.iter().enumerate().filter(|(_, r)| !is_bus(r)) {
+        for (other, result) in results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !is_bus(r) && (r.in_flight == ours.in_flight || r.in_flight == 0))
+        {
             let ratios: Vec<f64> = rounds
                 .iter()
                 .map(|rates| rates[bus] / rates[other].max(f64::MIN_POSITIVE))
                 .collect();
             let (median, low, high) = median_and_spread(ratios);
             text.push_str(&format!(
-                "per round, {} ({}) / {} ({}) end to end: median {median:.2}x (min {low:.2}, max {high:.2})\n",
-                ours.client, ours.variant, result.client, result.variant
+                "per round, {} ({}) / {} ({}) end to end at {} in flight: median {median:.2}x (min {low:.2}, max {high:.2})\n",
+                ours.client, ours.variant, result.client, result.variant, ours.in_flight
             ));
         }
     }
@@ -548,6 +629,23 @@ fn label_allocator(results: &mut [BenchResult]) {
     }
 }
 
+/// Prints `report` as one JSON object (`json`) or as `text` renders it.
+fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    text: impl FnOnce(&T) -> String,
+) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", text(report));
+    }
+    Ok(())
+}
+
 fn print(results: &[BenchResult], json: bool) {
     let mut stdout = std::io::stdout();
     let text = if json {
@@ -567,15 +665,19 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
             runs,
             no_python,
             chart,
+            windows,
         } => {
-            let (mut results, rounds) = compare(&common, runs, !no_python).await?;
+            let (mut results, rounds) = compare(&common, runs, !no_python, &windows).await?;
             label_allocator(&mut results);
             print(&results, common.json);
             if !common.json {
+                let windows = match &windows[..] {
+                    [] => common.params()?.publishers.to_string(),
+                    list => format!("each of {list:?}"),
+                };
                 println!(
-                    "{} interleaved rounds, each client at {} publishes in flight; medians (min-max) above, ratios of the medians, and here the ratio per round:",
+                    "{} interleaved rounds, each client at {windows} messages in flight; medians (min-max) above, ratios of the medians at the same window, and here the ratio per round:",
                     rounds.len(),
-                    common.params()?.publishers
                 );
                 print!("{}", round_ratios(&results, &rounds));
             }
@@ -597,14 +699,8 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 ));
             }
             let params = Params {
-                messages,
-                payload,
-                publishers,
-                consumers: 1,
-                qos: 1,
                 streams,
-                idle_timeout: Duration::from_secs(60),
-                batch: 0,
+                ..Params::new(messages, payload, publishers)
             };
             bridge_rounds(rounds, &params).await
         }
@@ -628,16 +724,7 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
             payload,
             publishers,
         } => {
-            let params = Params {
-                messages,
-                payload,
-                publishers,
-                consumers: 1,
-                qos: 1,
-                streams: 1,
-                idle_timeout: Duration::from_secs(60),
-                batch: 0,
-            };
+            let params = Params::new(messages, payload, publishers);
             let result = crate::telemetry_cost::run(mode, port, &params).await?;
             println!(
                 "{}",
@@ -685,6 +772,43 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 ));
             }
             Ok(())
+        }
+        BenchCommand::Backlog {
+            backend,
+            messages,
+            payload,
+            publishers,
+            broker_config,
+            json,
+        } => {
+            if backend == Backend::Memory {
+                return Err("--backend memory: the memory backend holds no unbounded backlog; `bus bench backpressure` shows it bounded by memory.max_queued_bytes".into());
+            }
+            if payload < HEADER_BYTES || messages == 0 || publishers == 0 {
+                return Err(format!(
+                    "--payload must be at least {HEADER_BYTES}; --messages and --publishers at least 1"
+                ));
+            }
+            let running = match (backend, broker_config) {
+                (Backend::Mqtt, Some(lines)) => {
+                    Running::Mqtt(Mosquitto::start_with(|_| lines.replace("\\n", "\n")))
+                }
+                (_, Some(_)) => return Err("--broker-config is for --backend mqtt".into()),
+                (backend, None) => Running::start(backend),
+            };
+            let pid = running.pid().ok_or(
+                "the broker's process is not ours (PUBSUB_EMULATOR_HOST is set): unset it so the bench starts its own emulator",
+            )?;
+            let params = Params {
+                streams: 4,
+                ..Params::new(messages, payload, publishers)
+            };
+            let result = backlog::run(&running.broker(), pid, &params).await?;
+            print_report(&result, json, backlog::describe)?;
+            match result.lost {
+                0 => Ok(()),
+                lost => Err(format!("{lost} of {messages} messages lost")),
+            }
         }
         BenchCommand::LossCheck {
             messages,
@@ -758,14 +882,7 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 away,
             };
             let report = soak::soak(params, invocation).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                print!("{}", soak::table(&report));
-            }
+            print_report(&report, json, soak::table)?;
             match report.lost() {
                 0 => Ok(()),
                 _ if measure_loss => Ok(()),

@@ -97,12 +97,15 @@ pub async fn bus(broker: &Broker, params: &Params) -> BenchResult {
         Broker::Mqtt { .. } => format!("bus-mqtt MQTT 5 QoS {}", params.qos),
         Broker::Gcp { .. } => format!("bus-gcp, {} stream(s)", params.streams),
     };
+    if params.subscriptions > 1 {
+        result.variant = format!(
+            "{}, fan-out to {} subscriptions",
+            result.variant, params.subscriptions
+        );
+    }
     if params.batch > 0 {
         result.client = "bus-batch".into();
-        result.variant = format!(
-            "{}, batches of {} ({} tasks)",
-            result.variant, params.batch, params.publishers
-        );
+        result.variant = format!("{}, batches of {}", result.variant, params.batch);
     }
     result
 }
@@ -237,16 +240,23 @@ async fn across(
     let run = run_id();
     let connection = connect(&to.bus_config(params, &format!("{run}-to")), instrumented).await;
     let topic = Topic::new(format!("bench/{run}")).expect("topic");
-    let options = SubscriptionOptions::new("bench").expect("name");
+    // Each subscription gets every message (fan-out); its consumers compete. Copy `c` of the
+    // tracker counts subscription `c`'s deliveries.
     let mut consumers = Vec::new();
-    for _ in 0..params.consumers {
-        consumers.push(Arc::new(
-            connection
+    for copy in 0..params.subscriptions.max(1) {
+        let name = match copy {
+            0 => "bench".to_string(),
+            _ => format!("bench-{copy}"),
+        };
+        let options = SubscriptionOptions::new(name).expect("name");
+        for _ in 0..params.consumers {
+            let subscription = connection
                 .subscriber
                 .subscribe(&topic, options.clone())
                 .await
-                .expect("subscribe"),
-        ));
+                .expect("subscribe");
+            consumers.push((copy, Arc::new(subscription)));
+        }
     }
     let bridge = match bridge {
         Some(program) => Some(start_bridge(program, from, to, &topic, params, &run).await),
@@ -268,12 +278,16 @@ async fn across(
         Some(_) => format!("{}->{} bridge", from.backend(), to.backend()),
         None => format!("{} bus", to.backend()),
     };
-    let tracker = Arc::new(Tracker::new(params.messages, &label));
+    let tracker = Arc::new(Tracker::fan_out(
+        params.messages,
+        params.subscriptions.max(1),
+        &label,
+    ));
     let start = Instant::now();
     let receivers: Vec<_> = consumers
         .iter()
-        .map(|consumer| {
-            let (consumer, tracker) = (consumer.clone(), tracker.clone());
+        .map(|(copy, consumer)| {
+            let (copy, consumer, tracker) = (*copy, consumer.clone(), tracker.clone());
             let batch = params.batch;
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1024);
@@ -286,7 +300,7 @@ async fn across(
                             break;
                         };
                         for delivery in &deliveries {
-                            tracker.record(delivery.payload(), &mut latencies);
+                            tracker.record_copy(copy, delivery.payload(), &mut latencies);
                         }
                         let _ = bus::ack_all(deliveries).await;
                         continue;
@@ -294,7 +308,7 @@ async fn across(
                     let Ok(delivery) = consumer.receive().await else {
                         break;
                     };
-                    tracker.record(delivery.payload(), &mut latencies);
+                    tracker.record_copy(copy, delivery.payload(), &mut latencies);
                     let _ = delivery.ack().await;
                 }
                 tracker.flush(&mut latencies);
@@ -339,7 +353,7 @@ async fn across(
     )
     .await;
     let delivered = start.elapsed();
-    for consumer in &consumers {
+    for (_, consumer) in &consumers {
         let _ = consumer.close().await;
     }
     for task in receivers {

@@ -8,6 +8,7 @@
 //! bus bench backpressure          # memory: stalled consumer, 1,000,000 messages
 //! bus bench memory-budget         # memory: RSS against memory.max_queued_bytes
 //! bus bench loss-check            # Mosquitto: 100,000-message burst
+//! bus bench backlog --backend mqtt|gcp  # broker and client RSS with 1,000,000 messages waiting
 //! bus bench chart --input results.jsonl --output bench/throughput.svg
 //! bus bench soak --backend mqtt|gcp|memory --minutes 10   # RELIABILITY.md
 //! bus bench bridge                # bus bridge mqtt->gcp against each side alone
@@ -17,6 +18,7 @@
 //! Every message carries its send time and a sequence number: the consumer side reports
 //! end-to-end latency percentiles, and every message is accounted for (lost, duplicates).
 
+mod backlog;
 pub mod cli;
 mod clients;
 mod measure;

@@ -32,6 +32,27 @@ pub struct Params {
     /// Messages per `publish_batch` / `receive_batch` call (bus client); 0: one call per
     /// message.
     pub batch: usize,
+    /// Subscriptions on the topic, each getting every message (bus client; fan-out).
+    pub subscriptions: usize,
+}
+
+impl Params {
+    /// `messages` of `payload` bytes with `publishers` in flight, to one consumer of one
+    /// subscription, QoS 1, one stream, one message per call, giving up after 60 s without
+    /// progress.
+    pub fn new(messages: usize, payload: usize, publishers: usize) -> Params {
+        Params {
+            messages,
+            payload,
+            publishers,
+            consumers: 1,
+            qos: 1,
+            streams: 1,
+            idle_timeout: Duration::from_secs(60),
+            batch: 0,
+            subscriptions: 1,
+        }
+    }
 }
 
 /// Wall-clock nanoseconds: comparable between processes (the Python peers) on one machine.
@@ -51,8 +72,11 @@ pub fn stamp(seq: u64, size: usize) -> Bytes {
     payload.freeze()
 }
 
-/// Which messages arrived, how often, and how late.
+/// Which messages arrived, how often, and how late; with fan-out, per copy (subscription).
 pub struct Tracker {
+    /// Messages per copy.
+    messages: usize,
+    /// Copy `c` of message `seq` is counted at `c * messages + seq`.
     counts: Vec<AtomicU8>,
     distinct: AtomicUsize,
     duplicates: AtomicUsize,
@@ -63,8 +87,14 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker for `messages` messages, with a progress bar on a terminal.
     pub fn new(messages: usize, label: &str) -> Tracker {
+        Tracker::fan_out(messages, 1, label)
+    }
+
+    /// A tracker for `copies` copies of `messages` messages (one per subscription).
+    pub fn fan_out(messages: usize, copies: usize, label: &str) -> Tracker {
+        let total = messages * copies.max(1);
         let progress = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            ProgressBar::with_draw_target(Some(messages as u64), ProgressDrawTarget::stderr())
+            ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
         };
@@ -75,22 +105,31 @@ impl Tracker {
         }
         progress.set_prefix(label.to_string());
         Tracker {
-            counts: (0..messages).map(|_| AtomicU8::new(0)).collect(),
+            messages,
+            counts: (0..total).map(|_| AtomicU8::new(0)).collect(),
             distinct: AtomicUsize::new(0),
             duplicates: AtomicUsize::new(0),
-            latencies_us: Mutex::new(Vec::with_capacity(messages)),
+            latencies_us: Mutex::new(Vec::with_capacity(total)),
             progress,
         }
     }
 
     /// Records a received payload; returns the latencies to add in a batch by the caller.
     pub fn record(&self, payload: &[u8], latencies: &mut Vec<u32>) {
+        self.record_copy(0, payload, latencies);
+    }
+
+    /// Records a payload received by copy (subscription) `copy`.
+    pub fn record_copy(&self, copy: usize, payload: &[u8], latencies: &mut Vec<u32>) {
         if payload.len() < HEADER_BYTES {
             return;
         }
         let sent = u64::from_le_bytes(payload[0..8].try_into().unwrap_or([0; 8]));
         let seq = u64::from_le_bytes(payload[8..16].try_into().unwrap_or([0; 8])) as usize;
-        let Some(count) = self.counts.get(seq) else {
+        if seq >= self.messages {
+            return;
+        }
+        let Some(count) = self.counts.get(copy * self.messages + seq) else {
             return;
         };
         if count.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -123,7 +162,8 @@ impl Tracker {
         self.distinct() >= self.counts.len()
     }
 
-    /// The result of a run that published in `publish` and delivered in `e2e`.
+    /// The result of a run that published in `publish` and delivered in `e2e` (every copy): the
+    /// end-to-end rate counts messages, not copies; losses count copies.
     pub fn finish(
         &self,
         id: (&str, &str),
@@ -145,6 +185,7 @@ impl Tracker {
             let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len());
             latencies[index - 1] as u64
         };
+        let copies = (self.counts.len() / self.messages.max(1)).max(1);
         let delivered = self.distinct();
         BenchResult {
             backend: id.0.to_string(),
@@ -152,12 +193,13 @@ impl Tracker {
             variant: String::new(),
             payload_bytes: params.payload,
             messages: params.messages,
+            in_flight: params.publishers * params.batch.max(1),
             publish_msgs_per_s: rate(params.messages, publish),
-            e2e_msgs_per_s: rate(delivered, e2e),
+            e2e_msgs_per_s: rate(delivered / copies, e2e),
             p50_us: percentile(0.50),
             p99_us: percentile(0.99),
             p999_us: percentile(0.999),
-            lost: params.messages - delivered.min(params.messages),
+            lost: self.counts.len() - delivered.min(self.counts.len()),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             runs: 1,
             e2e_min_msgs_per_s: None,
@@ -186,6 +228,10 @@ pub struct BenchResult {
     pub payload_bytes: usize,
     /// Messages published.
     pub messages: usize,
+    /// Messages the publishers kept in flight at once (tasks × messages per call); 0: the
+    /// client's own window (the Python peers).
+    #[serde(default)]
+    pub in_flight: usize,
     /// Confirmed publishes per second.
     pub publish_msgs_per_s: f64,
     /// Messages received (and acked) per second, first publish to last receive.
@@ -269,6 +315,7 @@ mod tests {
             streams: 1,
             idle_timeout: Duration::from_secs(1),
             batch: 0,
+            subscriptions: 1,
         }
     }
 
@@ -288,6 +335,25 @@ mod tests {
         );
         assert_eq!((result.lost, result.duplicates), (1, 1));
         assert_eq!(result.e2e_msgs_per_s, 3.0);
+    }
+
+    #[test]
+    fn with_fan_out_every_copy_is_counted_apart() {
+        let tracker = Tracker::fan_out(2, 2, "test");
+        let mut latencies = Vec::new();
+        for (copy, seq) in [(0, 0), (0, 1), (1, 1), (1, 1), (2, 0)] {
+            tracker.record_copy(copy, &stamp(seq, 32), &mut latencies);
+        }
+        tracker.flush(&mut latencies);
+        assert!(!tracker.complete());
+        let result = tracker.finish(
+            ("memory", "bus"),
+            &params(2),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        assert_eq!((result.lost, result.duplicates), (1, 1));
+        assert_eq!(result.e2e_msgs_per_s, 1.0);
     }
 
     #[test]

@@ -79,6 +79,8 @@ fn result(backend: &str, variant: &str, params: &Params, json: serde_json::Value
         variant: variant.into(),
         payload_bytes: params.payload,
         messages: params.messages,
+        // The Python peers keep their own window (paho: 1,000).
+        in_flight: 0,
         publish_msgs_per_s: number("publish_msgs_per_s"),
         e2e_msgs_per_s: number("e2e_msgs_per_s"),
         p50_us: number("p50_us") as u64,

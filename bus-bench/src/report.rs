@@ -9,12 +9,13 @@ use crate::measure::BenchResult;
 /// The results as a table, then the ratios of bus to the other clients.
 pub fn table(results: &[BenchResult]) -> String {
     let mut text = format!(
-        "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12} {:>12} {:>17} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
+        "{:<8} {:<7} {:<34} {:>9} {:>7} {:>9} {:>12} {:>12} {:>17} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
         "backend",
         "client",
         "variant",
         "messages",
         "payload",
+        "in flight",
         "publish/s",
         "e2e/s",
         "e2e min-max",
@@ -30,12 +31,13 @@ pub fn table(results: &[BenchResult]) -> String {
             _ => "-".to_string(),
         };
         text.push_str(&format!(
-            "{:<8} {:<7} {:<34} {:>9} {:>7} {:>12.0} {:>12.0} {:>17} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
+            "{:<8} {:<7} {:<34} {:>9} {:>7} {:>9} {:>12.0} {:>12.0} {:>17} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
             r.backend,
             r.client,
             r.variant,
             r.messages,
             r.payload_bytes,
+            r.in_flight,
             r.publish_msgs_per_s,
             r.e2e_msgs_per_s,
             spread,
@@ -48,10 +50,12 @@ pub fn table(results: &[BenchResult]) -> String {
     }
     let is_bus = |r: &&BenchResult| r.client.starts_with("bus");
     for bus in results.iter().filter(is_bus) {
-        for other in results
-            .iter()
-            .filter(|r| !is_bus(r) && r.backend == bus.backend)
-        {
+        // At the same window: a client's rate depends on how much it keeps in flight.
+        for other in results.iter().filter(|r| {
+            !is_bus(r)
+                && r.backend == bus.backend
+                && (r.in_flight == bus.in_flight || r.in_flight == 0)
+        }) {
             text.push_str(&format!(
                 "{} ({}) / {} ({}), ratio of the medians: publish {:.2}x, end-to-end {:.2}x\n",
                 bus.client,
@@ -59,6 +63,52 @@ pub fn table(results: &[BenchResult]) -> String {
                 other.client,
                 other.variant,
                 bus.publish_msgs_per_s / other.publish_msgs_per_s.max(f64::MIN_POSITIVE),
+                bus.e2e_msgs_per_s / other.e2e_msgs_per_s.max(f64::MIN_POSITIVE),
+            ));
+        }
+    }
+    text.push_str(&best_windows(results));
+    text
+}
+
+/// With several windows measured: each client's best median over the windows, and bus's best
+/// over each other client's best.
+fn best_windows(results: &[BenchResult]) -> String {
+    let mut windows: Vec<usize> = results.iter().map(|r| r.in_flight).collect();
+    windows.sort_unstable();
+    windows.dedup();
+    if windows.len() < 2 {
+        return String::new();
+    }
+    // A client is its name and variant; the best is its fastest median over the windows.
+    let mut best: Vec<&BenchResult> = Vec::new();
+    for result in results {
+        match best
+            .iter_mut()
+            .find(|b| b.client == result.client && b.variant == result.variant)
+        {
+            Some(b) if b.e2e_msgs_per_s < result.e2e_msgs_per_s => *b = result,
+            Some(_) => {}
+            None => best.push(result),
+        }
+    }
+    let mut text =
+        String::from("best window of each client (the fastest median over the windows):\n");
+    for b in &best {
+        text.push_str(&format!(
+            "  {} ({}): {:.0} msg/s end to end at {} in flight\n",
+            b.client, b.variant, b.e2e_msgs_per_s, b.in_flight
+        ));
+    }
+    let is_bus = |r: &&&BenchResult| r.client.starts_with("bus");
+    for bus in best.iter().filter(is_bus) {
+        for other in best.iter().filter(|r| !is_bus(r)) {
+            text.push_str(&format!(
+                "{} ({}) at its best / {} ({}) at its best: end-to-end {:.2}x\n",
+                bus.client,
+                bus.variant,
+                other.client,
+                other.variant,
                 bus.e2e_msgs_per_s / other.e2e_msgs_per_s.max(f64::MIN_POSITIVE),
             ));
         }

@@ -165,6 +165,7 @@ pub async fn mosquitto_queue_limit(messages: usize, payload: usize) -> Vec<Queue
             streams: 1,
             idle_timeout: Duration::from_secs(5),
             batch: 0,
+            subscriptions: 1,
         };
         let config = Broker::Mqtt {
             port: broker.port(),

@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bus_testkit::mosquitto::Mosquitto;
 
@@ -19,40 +18,60 @@ pub enum TelemetryMode {
     Bare,
     /// The layer, with no subscriber and no recorder (a library user who set up nothing).
     Off,
+    /// Spans made and handed to a `tracing` subscriber that keeps nothing (the registry alone):
+    /// what bus's own span calls cost, whatever records them.
+    Noop,
     /// `bus::telemetry::init`: spans recorded by the OpenTelemetry SDK (no exporter) and
     /// metrics kept by the Prometheus recorder.
     On,
     /// As `on`, with spans exported over OTLP/HTTP to a local sink.
     Otlp,
+    /// As `otlp`, sampling one trace in a hundred the standard way
+    /// (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`).
+    Sampled,
 }
+
+/// The ratio of traces the `sampled` mode keeps.
+const SAMPLED_RATIO: &str = "0.01";
 
 impl TelemetryMode {
     fn name(self) -> &'static str {
         match self {
             TelemetryMode::Bare => "bare",
             TelemetryMode::Off => "off",
+            TelemetryMode::Noop => "noop",
             TelemetryMode::On => "on",
             TelemetryMode::Otlp => "otlp",
+            TelemetryMode::Sampled => "sampled",
         }
     }
 }
 
-const MODES: [TelemetryMode; 4] = [
+const MODES: [TelemetryMode; 6] = [
     TelemetryMode::Bare,
     TelemetryMode::Off,
+    TelemetryMode::Noop,
     TelemetryMode::On,
     TelemetryMode::Otlp,
+    TelemetryMode::Sampled,
 ];
 
 /// One run in this process (the child's side).
 pub async fn run(mode: TelemetryMode, port: u16, params: &Params) -> Result<BenchResult, String> {
     let _telemetry = match mode {
-        TelemetryMode::On | TelemetryMode::Otlp => {
+        TelemetryMode::On | TelemetryMode::Otlp | TelemetryMode::Sampled => {
             let config = bus::telemetry::TelemetryConfig {
                 prometheus: Some(([127, 0, 0, 1], 0).into()),
                 ..Default::default()
             };
             Some(bus::telemetry::init("bench", &config).map_err(|e| e.to_string())?)
+        }
+        TelemetryMode::Noop => {
+            use tracing_subscriber::util::SubscriberInitExt;
+            tracing_subscriber::registry()
+                .try_init()
+                .map_err(|e| e.to_string())?;
+            None
         }
         TelemetryMode::Bare | TelemetryMode::Off => None,
     };
@@ -149,11 +168,16 @@ fn child(
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
         command.env_remove(key);
     }
-    if mode == TelemetryMode::Otlp {
+    if matches!(mode, TelemetryMode::Otlp | TelemetryMode::Sampled) {
         command.env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://{}", sink.address),
         );
+    }
+    if mode == TelemetryMode::Sampled {
+        command
+            .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", SAMPLED_RATIO);
     }
     let output = command.output().map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -165,7 +189,7 @@ fn child(
     serde_json::from_str(line).map_err(|e| format!("{} run: {e}: {line}", mode.name()))
 }
 
-/// The parent's side: one Mosquitto, one sink, `rounds` rounds of the four modes in a
+/// The parent's side: one Mosquitto, one sink, `rounds` rounds of the modes in a
 /// rotating order.
 pub async fn rounds(
     rounds: usize,
@@ -176,25 +200,16 @@ pub async fn rounds(
     let program = std::env::current_exe().map_err(|e| e.to_string())?;
     let mosquitto = Mosquitto::start();
     let sink = Sink::start()?;
-    let params = Params {
-        messages,
-        payload,
-        publishers,
-        consumers: 1,
-        qos: 1,
-        streams: 1,
-        idle_timeout: Duration::from_secs(60),
-        batch: 0,
-    };
+    let params = Params::new(messages, payload, publishers);
     let mut warm_up = params.clone();
     warm_up.messages = (messages / 10).max(1);
     for mode in MODES {
         child(&program, mode, mosquitto.port(), &sink, &warm_up)?;
     }
-    let mut rates: [Vec<f64>; 4] = Default::default();
-    let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut rates: [Vec<f64>; MODES.len()] = Default::default();
+    let mut ratios: [Vec<f64>; MODES.len() - 1] = Default::default();
     for round in 0..rounds.max(1) {
-        let mut this_round = [0.0; 4];
+        let mut this_round = [0.0; MODES.len()];
         for step in 0..MODES.len() {
             let which = (round + step) % MODES.len();
             let mode = MODES[which];
@@ -207,7 +222,7 @@ pub async fn rounds(
                 ));
             }
             println!(
-                "round {}: {:<5} {:>9.0} msg/s end to end, p50 {:>7} us, p99 {:>8} us",
+                "round {}: {:<7} {:>9.0} msg/s end to end, p50 {:>7} us, p99 {:>8} us",
                 round + 1,
                 mode.name(),
                 result.e2e_msgs_per_s,
@@ -217,24 +232,30 @@ pub async fn rounds(
             this_round[which] = result.e2e_msgs_per_s;
             rates[which].push(result.e2e_msgs_per_s);
         }
+        // off against bare, every other mode against off.
         ratios[0].push(this_round[1] / this_round[0]);
-        ratios[1].push(this_round[2] / this_round[1]);
-        ratios[2].push(this_round[3] / this_round[1]);
+        for (which, ratio) in ratios.iter_mut().enumerate().skip(1) {
+            ratio.push(this_round[which + 1] / this_round[1]);
+        }
     }
     println!();
     for (mode, rates) in MODES.iter().zip(rates) {
         let (median, low, high) = median_and_spread(rates);
         println!(
-            "{:<5} median {median:>9.0} msg/s (min {low:.0}, max {high:.0})",
+            "{:<7} median {median:>9.0} msg/s (min {low:.0}, max {high:.0})",
             mode.name()
         );
     }
-    for (name, ratios) in ["off / bare", "on / off", "otlp / off"].iter().zip(ratios) {
+    for (which, ratios) in ratios.into_iter().enumerate() {
+        let name = match which {
+            0 => "off / bare".to_string(),
+            _ => format!("{} / off", MODES[which + 1].name()),
+        };
         let (median, low, high) = median_and_spread(ratios);
-        println!("{name:<10} per round: median {median:.3} (min {low:.3}, max {high:.3})");
+        println!("{name:<13} per round: median {median:.3} (min {low:.3}, max {high:.3})");
     }
     println!(
-        "{} rounds of {messages} messages of {payload} B, MQTT QoS 1, {publishers} in flight; the OTLP sink took {} requests, {} bytes",
+        "{} rounds of {messages} messages of {payload} B, MQTT QoS 1, {publishers} in flight; sampled keeps {SAMPLED_RATIO} of traces; the OTLP sink took {} requests, {} bytes",
         rounds.max(1),
         sink.requests.load(Ordering::Relaxed),
         sink.bytes.load(Ordering::Relaxed)

@@ -78,3 +78,78 @@ fn a_burst_to_a_stalled_consumer_loses_nothing_with_the_shipped_mosquitto_config
         lines[1]
     );
 }
+
+#[test]
+fn compare_at_several_windows_reports_each_clients_best_and_same_window_ratios() {
+    let out = bench(&[
+        "compare",
+        "--backend",
+        "memory",
+        "--messages",
+        "5000",
+        "--payload",
+        "16",
+        "--runs",
+        "1",
+        "--windows",
+        "8,64",
+    ]);
+    // Both clients at both windows, ratios only between equal windows, then the best of each.
+    for window in ["8", "64"] {
+        let pattern = format!("end to end at {window} in flight");
+        assert!(out.contains(&pattern), "{pattern} missing:\n{out}");
+    }
+    assert!(
+        out.contains("best window of each client"),
+        "no best-window section:\n{out}"
+    );
+    assert!(
+        out.contains("at its best / raw"),
+        "no best-window ratio:\n{out}"
+    );
+}
+
+#[test]
+fn fan_out_counts_every_copy_of_every_message() {
+    let out = bench(&[
+        "run",
+        "--backend",
+        "memory",
+        "--messages",
+        "3000",
+        "--payload",
+        "16",
+        "--subscriptions",
+        "4",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON line");
+    assert_eq!(line["lost"], 0, "{line}");
+    assert_eq!(line["duplicates"], 0, "{line}");
+    assert!(
+        line["variant"]
+            .as_str()
+            .unwrap()
+            .contains("fan-out to 4 subscriptions"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_backlog_on_mosquitto_is_held_measured_and_drained_without_a_loss() {
+    let out = bench(&[
+        "backlog",
+        "--backend",
+        "mqtt",
+        "--messages",
+        "5000",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON object");
+    assert_eq!(line["lost"], 0, "{line}");
+    assert_eq!(line["messages"], 5000);
+    // 5,000 messages of 1 KiB are in the broker's memory while nobody consumes.
+    let before = line["broker_rss_before_mib"].as_f64().unwrap();
+    let holding = line["broker_rss_backlog_mib"].as_f64().unwrap();
+    assert!(holding > before + 4.0, "{line}");
+}

@@ -75,6 +75,12 @@ impl PubSubEmulator {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process id of the emulator's launcher while it runs; the JVM is one of its
+    /// descendants.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

@@ -130,6 +130,11 @@ impl Mosquitto {
         broker
     }
 
+    /// The broker's process id while it runs (e.g. to read its memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

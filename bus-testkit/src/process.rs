@@ -50,6 +50,12 @@ impl WatchedProcess {
         });
     }
 
+    /// The process id of the command (its shell, for a command line that runs others), if it
+    /// was started and not stopped.
+    pub fn pid(&self) -> Option<u32> {
+        *self.pid.lock().expect("pid lock")
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.pid
