@@ -8,7 +8,10 @@
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and configured by the standard `OTEL_*`
 //!   variables; without an endpoint spans are still made, so trace context still travels from
 //!   message to message, but nothing is exported. Export runs on its own thread: an endpoint
-//!   that is down never blocks or slows publishing;
+//!   that is down never blocks or slows publishing. `OTEL_TRACES_SAMPLER` /
+//!   `OTEL_TRACES_SAMPLER_ARG` (e.g. `parentbased_traceidratio` and `0.01`) set the share of
+//!   new traces bus records ([`set_trace_ratio`]); a message of a trace not sampled costs no
+//!   span at all;
 //! - metrics in Prometheus text format on `telemetry.prometheus` (e.g. `"127.0.0.1:9464"`,
 //!   path `/metrics`).
 //!
@@ -52,13 +55,17 @@ pub enum LogFormat {
 }
 
 #[cfg(feature = "otel")]
-pub use setup::{init, Telemetry};
+pub use setup::{init, span_layer, trace_ratio_from_env, BusSampler, Telemetry};
 
 #[cfg(feature = "otel")]
 mod setup {
-    use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
+    use opentelemetry::KeyValue;
+    use opentelemetry_sdk::trace::{
+        SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
+    };
     use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::registry::LookupSpan;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
 
@@ -77,6 +84,120 @@ mod setup {
                 .provider
                 .shutdown_with_timeout(std::time::Duration::from_secs(2));
         }
+    }
+
+    /// The share of new traces the standard variables ask for: `OTEL_TRACES_SAMPLER` =
+    /// `always_off` or `parentbased_always_off` gives 0, `traceidratio` or
+    /// `parentbased_traceidratio` gives `OTEL_TRACES_SAMPLER_ARG` (1.0 when it is missing or
+    /// not a number in 0..=1, as the SDK reads it), anything else 1.0.
+    pub fn trace_ratio_from_env() -> f64 {
+        let sampler = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+        match sampler.trim() {
+            "always_off" | "parentbased_always_off" => 0.0,
+            "traceidratio" | "parentbased_traceidratio" => std::env::var("OTEL_TRACES_SAMPLER_ARG")
+                .ok()
+                .and_then(|arg| arg.trim().parse::<f64>().ok())
+                .filter(|ratio| (0.0..=1.0).contains(ratio))
+                .unwrap_or(1.0),
+            _ => 1.0,
+        }
+    }
+
+    /// The OpenTelemetry sampler [`init`] installs, to go with bus's own sampling
+    /// ([`set_trace_ratio`](super::set_trace_ratio)): a span with a parent follows the
+    /// parent's decision; a root span bus made (it has `messaging.system`) is recorded, because
+    /// bus made it only for a trace it decided to record; any other root span (the
+    /// application's own) is decided by `inner`.
+    #[derive(Debug, Clone)]
+    pub struct BusSampler {
+        inner: Box<dyn ShouldSample>,
+    }
+
+    impl BusSampler {
+        /// Decides the application's root spans with `inner`.
+        pub fn new(inner: impl ShouldSample + 'static) -> BusSampler {
+            BusSampler {
+                inner: Box::new(inner),
+            }
+        }
+
+        /// Decides the application's root spans as the standard `OTEL_TRACES_SAMPLER`
+        /// variables say (the SDK's default: every one).
+        pub fn from_env() -> BusSampler {
+            BusSampler {
+                inner: opentelemetry_sdk::trace::Config::default().sampler,
+            }
+        }
+    }
+
+    impl ShouldSample for BusSampler {
+        fn should_sample(
+            &self,
+            parent_context: Option<&opentelemetry::Context>,
+            trace_id: TraceId,
+            name: &str,
+            span_kind: &SpanKind,
+            attributes: &[KeyValue],
+            links: &[Link],
+        ) -> SamplingResult {
+            let decision = match parent_context.filter(|cx| cx.has_active_span()) {
+                Some(parent) if parent.span().span_context().is_sampled() => {
+                    SamplingDecision::RecordAndSample
+                }
+                Some(_) => SamplingDecision::Drop,
+                None if attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == "messaging.system") =>
+                {
+                    SamplingDecision::RecordAndSample
+                }
+                None => {
+                    return self.inner.should_sample(
+                        parent_context,
+                        trace_id,
+                        name,
+                        span_kind,
+                        attributes,
+                        links,
+                    )
+                }
+            };
+            SamplingResult {
+                decision,
+                attributes: Vec::new(),
+                trace_state: parent_context
+                    .map(|cx| cx.span().span_context().trace_state().clone())
+                    .unwrap_or_default(),
+            }
+        }
+    }
+
+    /// The spans layer as [`init`] installs it, for an application that builds its own
+    /// `tracing` subscriber. To OpenTelemetry (`tracing-opentelemetry`) go bus's spans and the
+    /// application's, not the transports' (HTTP/2, gRPC), with only what the messaging
+    /// conventions ask for per span (no source locations, thread names or busy/idle timings:
+    /// each costs attributes or work on every poll). The markers of unsampled traces
+    /// ([`UNSAMPLED_TARGET`](super::UNSAMPLED_TARGET)) are kept out of it but still made (a
+    /// layer that records nothing asks for them): a publish inside one must see it.
+    pub fn span_layer<S>(tracer: SdkTracer) -> impl Layer<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        let markers = tracing_subscriber::layer::Identity::new().with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(super::UNSAMPLED_TARGET, tracing::Level::INFO),
+        );
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(EnvFilter::new(
+                "info,bus::unsampled=off,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,rumqttc=off,google_cloud_gax_internal=off,google_cloud_pubsub=off",
+            ));
+        otel.and_then(markers)
     }
 
     fn otlp_endpoint_set() -> bool {
@@ -110,7 +231,10 @@ mod setup {
         if std::env::var("OTEL_SERVICE_NAME").is_err() {
             resource = resource.with_service_name(service.to_string());
         }
-        let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+        super::set_trace_ratio(trace_ratio_from_env());
+        let mut provider = SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_sampler(BusSampler::from_env());
         if otlp_endpoint_set() {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
@@ -145,24 +269,9 @@ mod setup {
                 .with_filter(log_filter())
                 .boxed()
         };
-        // Spans of bus and of the application; the transports' own (HTTP/2, gRPC) are noise.
-        // Per span, only what the messaging conventions ask for: no source locations, thread
-        // names or busy/idle timings (each costs attributes or work on every poll).
-        let spans = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(
-            EnvFilter::new(
-                "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,rumqttc=off,google_cloud_gax_internal=off,google_cloud_pubsub=off",
-            ),
-        );
         let _ = tracing_subscriber::registry()
             .with(log)
-            .with(spans)
+            .with(span_layer(tracer))
             .try_init();
         Ok(Telemetry { provider })
     }

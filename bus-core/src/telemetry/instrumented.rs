@@ -10,6 +10,7 @@ use metrics::{Counter, Gauge, Histogram};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
+use super::sampling::sample_root;
 use super::*;
 use crate::backend::only_result;
 use crate::{
@@ -146,12 +147,13 @@ impl InstrumentedPublisher {
         )
     }
 
-    /// Publishes `messages` (inside `span`, their trace context set from it) through `send`,
-    /// counts every result and marks the span failed if one failed.
+    /// Publishes `messages` through `send`: inside `span` with their trace context set from it,
+    /// or, without a span (a trace bus does not record), carrying a context whose sampled flag
+    /// is off. Counts every result and marks the span failed if one failed.
     async fn send<F>(
         &self,
         metrics: &PublishMetrics,
-        span: Span,
+        span: Option<Span>,
         mut messages: Vec<Message>,
         send: impl FnOnce(Vec<Message>) -> F,
     ) -> Vec<Result<String>>
@@ -159,13 +161,29 @@ impl InstrumentedPublisher {
         F: std::future::Future<Output = Vec<Result<String>>>,
     {
         #[cfg(feature = "otel")]
-        for message in &mut messages {
-            super::otel::inject(&span, &mut message.attributes);
+        match &span {
+            Some(span) => {
+                for message in &mut messages {
+                    super::otel::inject(span, &mut message.attributes);
+                }
+            }
+            None => {
+                // A message that carries its own trace context (a bridge's) keeps it.
+                let context = super::sampling::unsampled_context();
+                for message in &mut messages {
+                    if !message.attributes.contains_key(TRACEPARENT) {
+                        context.write_to(&mut message.attributes);
+                    }
+                }
+            }
         }
         #[cfg(not(feature = "otel"))]
         let _ = &mut messages;
         let started = Instant::now();
-        let results = send(messages).instrument(span.clone()).await;
+        let results = match &span {
+            Some(span) => send(messages).instrument(span.clone()).await,
+            None => send(messages).await,
+        };
         let elapsed = started.elapsed().as_secs_f64();
         let mut failed = None;
         for result in &results {
@@ -178,12 +196,12 @@ impl InstrumentedPublisher {
                 }
             }
         }
-        match (&results[..], failed) {
-            (_, Some(kind)) => {
+        match (span, &results[..], failed) {
+            (Some(span), _, Some(kind)) => {
                 span.record("error.type", kind.as_str());
                 span.record("otel.status_code", "ERROR");
             }
-            ([Ok(id)], None) => {
+            (Some(span), [Ok(id)], None) => {
                 span.record("messaging.message.id", id.as_str());
             }
             _ => {}
@@ -192,11 +210,22 @@ impl InstrumentedPublisher {
     }
 }
 
+/// Whether a publish made now is recorded (gets a `send` span): inside a span of the
+/// application, the OpenTelemetry sampler decides from its parent; inside a delivery of an
+/// unsampled trace, never; outside any span the trace starts here, and bus's ratio decides.
+fn publish_recorded() -> bool {
+    match Span::current().metadata() {
+        Some(metadata) => metadata.target() != UNSAMPLED_TARGET,
+        None => sample_root(),
+    }
+}
+
 #[async_trait]
 impl Publisher for InstrumentedPublisher {
     async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
         let metrics = self.metrics(topic);
-        let span = self.send_span(topic, &metrics, Some(message.payload.len()), None);
+        let span = publish_recorded()
+            .then(|| self.send_span(topic, &metrics, Some(message.payload.len()), None));
         let results = self
             .send(&metrics, span, vec![message], |mut messages| async move {
                 let Some(message) = messages.pop() else {
@@ -211,7 +240,8 @@ impl Publisher for InstrumentedPublisher {
     /// One span for the batch: every message carries its context.
     async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
         let metrics = self.metrics(topic);
-        let span = self.send_span(topic, &metrics, None, Some(messages.len()));
+        let span =
+            publish_recorded().then(|| self.send_span(topic, &metrics, None, Some(messages.len())));
         self.send(&metrics, span, messages, |messages| {
             self.inner.publish_batch(topic, messages)
         })
@@ -334,6 +364,31 @@ impl InstrumentedSubscription {
     /// `delivery` in a `process` span of its own, counted and settled through the telemetry.
     fn observe(&self, delivery: Delivery) -> Delivery {
         let t = &self.telemetry;
+        // The trace the message carries decides; without one the trace starts here. Read only
+        // when bus's spans go anywhere (a library user who set up nothing pays nothing).
+        #[cfg(feature = "otel")]
+        let (context, recorded) = if tracing::enabled!(target: "bus", tracing::Level::INFO) {
+            let context = delivery.trace_context();
+            let recorded = context
+                .as_ref()
+                .map_or_else(sample_root, TraceContext::sampled);
+            (context, recorded)
+        } else {
+            (None, true)
+        };
+        #[cfg(not(feature = "otel"))]
+        let recorded = sample_root();
+        if !recorded {
+            // A marker span for what runs inside it, left out of every exporter; its parent
+            // is the unsampled context, so a pipeline that does export it samples it out.
+            let span = tracing::info_span!(target: "bus::unsampled", parent: None, "process");
+            #[cfg(feature = "otel")]
+            super::otel::continue_trace(
+                &span,
+                &context.unwrap_or_else(super::sampling::unsampled_context),
+            );
+            return self.count(delivery, span, false);
+        }
         // A new root unless the message carries a trace: the consumer's loop is not its parent.
         let span = tracing::info_span!(
             target: "bus",
@@ -350,11 +405,16 @@ impl InstrumentedSubscription {
             messaging.delivery.attempt = delivery.attempt(),
         );
         #[cfg(feature = "otel")]
-        if !span.is_disabled() {
-            if let Some(context) = delivery.trace_context() {
-                super::otel::continue_trace(&span, &context);
-            }
+        if let Some(context) = &context {
+            super::otel::continue_trace(&span, context);
         }
+        self.count(delivery, span, true)
+    }
+
+    /// Counts `delivery` and wraps it to run in `span` and settle through the telemetry (with
+    /// `settle` spans when `recorded`).
+    fn count(&self, delivery: Delivery, span: Span, recorded: bool) -> Delivery {
+        let t = &self.telemetry;
         t.delivered.increment(1);
         if delivery.attempt() > 1 {
             t.redelivered.increment(1);
@@ -366,7 +426,7 @@ impl InstrumentedSubscription {
         delivery.instrumented(span, move |inner| {
             Box::new(InstrumentedAcker {
                 inner,
-                span: acker_span,
+                span: recorded.then_some(acker_span),
                 telemetry,
                 settled: AtomicBool::new(false),
             })
@@ -374,10 +434,12 @@ impl InstrumentedSubscription {
     }
 }
 
-/// Settles through the backend's acker inside a `settle` span, and counts.
+/// Settles through the backend's acker inside a `settle` span (for a recorded trace), and
+/// counts.
 struct InstrumentedAcker {
     inner: Box<dyn Acker>,
-    span: tracing::Span,
+    /// The delivery's `process` span; `None` for a trace bus does not record.
+    span: Option<tracing::Span>,
     telemetry: Arc<SubscriptionTelemetry>,
     settled: AtomicBool,
 }
@@ -385,30 +447,39 @@ struct InstrumentedAcker {
 impl InstrumentedAcker {
     async fn settle(&self, operation: &'static str, ack: bool) -> Result<()> {
         let t = &self.telemetry;
-        let span = tracing::info_span!(
-            target: "bus",
-            parent: &self.span,
-            "settle",
-            otel.name = if ack { &*t.ack_name } else { &*t.nack_name },
-            otel.status_code = Empty,
-            messaging.system = t.system,
-            messaging.destination.subscription.name = t.subscription.as_str(),
-            messaging.operation.type = "settle",
-            messaging.operation.name = operation,
-            error.type = Empty,
-        );
-        let result = if ack {
-            self.inner.ack().instrument(span.clone()).await
-        } else {
-            self.inner.nack().instrument(span.clone()).await
+        let span = self.span.as_ref().map(|parent| {
+            tracing::info_span!(
+                target: "bus",
+                parent: parent,
+                "settle",
+                otel.name = if ack { &*t.ack_name } else { &*t.nack_name },
+                otel.status_code = Empty,
+                messaging.system = t.system,
+                messaging.destination.subscription.name = t.subscription.as_str(),
+                messaging.operation.type = "settle",
+                messaging.operation.name = operation,
+                error.type = Empty,
+            )
+        });
+        let settling = async {
+            if ack {
+                self.inner.ack().await
+            } else {
+                self.inner.nack().await
+            }
         };
-        match &result {
-            Ok(()) if ack => t.acked.increment(1),
-            Ok(()) => t.nacked.increment(1),
-            Err(e) => {
+        let result = match &span {
+            Some(span) => settling.instrument(span.clone()).await,
+            None => settling.await,
+        };
+        match (&result, &span) {
+            (Ok(()), _) if ack => t.acked.increment(1),
+            (Ok(()), _) => t.nacked.increment(1),
+            (Err(e), Some(span)) => {
                 span.record("error.type", e.kind().as_str());
                 span.record("otel.status_code", "ERROR");
             }
+            (Err(_), None) => {}
         }
         self.release();
         result

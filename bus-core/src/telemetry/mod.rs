@@ -17,6 +17,9 @@
 //!   `traceparent`, Google's `googclient_traceparent`, CloudEvents' extension). A message
 //!   without one, or with a malformed one, starts a new trace. Without the feature, attributes
 //!   pass through untouched.
+//! - **Sampling**: a trace is decided where it starts ([`set_trace_ratio`], every trace
+//!   unless set) and the decision travels in `traceparent`; a message of an unsampled trace
+//!   gets no OpenTelemetry span (see [`set_trace_ratio`] and [`UNSAMPLED_TARGET`]).
 //! - **Metrics** (the [`metrics`] facade: nothing is recorded unless the application installs
 //!   a recorder, e.g. a Prometheus exporter, *before* connecting): see the `*_TOTAL` and other
 //!   name constants below; labels `system`, `topic`, `subscription`, `outcome`.
@@ -43,9 +46,11 @@ mod context;
 mod instrumented;
 #[cfg(feature = "otel")]
 mod otel;
+mod sampling;
 
 pub use context::{TraceContext, GOOGLE_TRACEPARENT, TRACEPARENT, TRACESTATE};
 pub use instrumented::Instrumented;
+pub use sampling::{set_trace_ratio, trace_ratio, UNSAMPLED_TARGET};
 
 /// Counter: publishes, labelled `outcome` = `ok` | `error`.
 pub const PUBLISHED_TOTAL: &str = "bus_messages_published_total";
