@@ -121,16 +121,18 @@ pub async fn run(broker: &Broker, broker_pid: u32, params: &Params) -> Result<Ba
     for task in tasks {
         task.await.map_err(|e| e.to_string())??;
     }
-    let publish_msgs_per_s = params.messages as f64 / started.elapsed().as_secs_f64();
-    eprintln!(
-        "{backend}: {} messages published in {:.1} s; draining",
-        params.messages,
-        started.elapsed().as_secs_f64()
-    );
+    let published = started.elapsed();
+    let publish_msgs_per_s = params.messages as f64 / published.as_secs_f64();
     // Let the broker settle (persistence, queue moves) before reading its memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let broker_rss_backlog_mib = tree_rss_mib(broker_pid);
     let client_rss_backlog_mib = memory_mib().0;
+    // Where the drain takes long (the emulator with a large backlog), this much is known.
+    eprintln!(
+        "{backend}: {} messages published in {:.1} s; RSS with the backlog: broker {broker_rss_backlog_mib:.1} MiB, client {client_rss_backlog_mib:.1} MiB; draining",
+        params.messages,
+        published.as_secs_f64(),
+    );
 
     // Drain: one consumer, every message counted.
     let tracker = Arc::new(Tracker::new(params.messages, &format!("{backend} backlog")));

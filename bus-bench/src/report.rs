@@ -57,11 +57,12 @@ pub fn table(results: &[BenchResult]) -> String {
                 && (r.in_flight == bus.in_flight || r.in_flight == 0)
         }) {
             text.push_str(&format!(
-                "{} ({}) / {} ({}), ratio of the medians: publish {:.2}x, end-to-end {:.2}x\n",
+                "{} ({}) / {} ({}) at {} in flight, ratio of the medians: publish {:.2}x, end-to-end {:.2}x\n",
                 bus.client,
                 bus.variant,
                 other.client,
                 other.variant,
+                bus.in_flight,
                 bus.publish_msgs_per_s / other.publish_msgs_per_s.max(f64::MIN_POSITIVE),
                 bus.e2e_msgs_per_s / other.e2e_msgs_per_s.max(f64::MIN_POSITIVE),
             ));
