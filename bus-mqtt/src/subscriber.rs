@@ -189,6 +189,46 @@ fn ack_now(client: &AsyncClient, publish: Publish) {
     }
 }
 
+/// Deliveries one connection handed to the consumer that are not settled yet, against the
+/// receive maximum the broker should keep to. Mosquitto before 2.0.13 does not for queued
+/// messages (each in-order PUBACK lets up to a receive maximum more out), and a backlog then
+/// arrives whole and waits in this process's memory: said once per connection, not hidden.
+struct Unsettled {
+    count: AtomicUsize,
+    limit: usize,
+    warned: AtomicBool,
+}
+
+impl Unsettled {
+    fn new(limit: u16) -> Unsettled {
+        Unsettled {
+            count: AtomicUsize::new(0),
+            limit: usize::from(limit),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// One more delivery from `session`; warns once when the broker has clearly overrun the
+    /// receive maximum (twice it: a reconnect may briefly leave the old connection's in flight).
+    fn received(&self, session: &str) {
+        let held = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if held > 2 * self.limit && !self.warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                session,
+                held,
+                receive_maximum = self.limit,
+                "the broker sent more unacknowledged messages than mqtt.receive_maximum allows; they wait in this consumer's memory. Mosquitto before 2.0.13 does this for queued messages: upgrade the broker (see bus-mqtt's README, \"Large backlogs\")"
+            );
+        }
+    }
+
+    fn settled(&self) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
 /// The handler of the consumer's own connection.
 struct OwnHandler {
     incoming: mpsc::UnboundedSender<Received>,
@@ -196,6 +236,8 @@ struct OwnHandler {
     first_subscribed: Mutex<Option<oneshot::Sender<Result<()>>>>,
     /// The connection epoch whose subscriptions the broker accepted.
     subscribed: Arc<AtomicU64>,
+    unsettled: Arc<Unsettled>,
+    client_id: String,
 }
 
 impl Handler for OwnHandler {
@@ -223,7 +265,8 @@ impl Handler for OwnHandler {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         match reserved::classify(&topic) {
             None | Some(Reserved::Retry) => {
-                // Bounded by the receive maximum: the broker sends no more than that unacked.
+                // Bounded by the receive maximum where the broker keeps to it.
+                self.unsettled.received(&self.client_id);
                 let _ = self.incoming.send(Received {
                     publish,
                     source: OWN,
@@ -268,6 +311,8 @@ struct DrainHandler {
     incoming: mpsc::UnboundedSender<Received>,
     source: u64,
     progress: Arc<DrainProgress>,
+    unsettled: Arc<Unsettled>,
+    session: String,
 }
 
 impl Handler for DrainHandler {
@@ -283,6 +328,7 @@ impl Handler for DrainHandler {
         match reserved::classify(&topic) {
             None | Some(Reserved::Retry) => {
                 self.progress.outstanding.fetch_add(1, Ordering::AcqRel);
+                self.unsettled.received(&self.session);
                 let _ = self.incoming.send(Received {
                     publish,
                     source: self.source,
@@ -306,6 +352,8 @@ pub(crate) struct Drain {
     state_before: SlotState,
     connection: tokio::sync::OnceCell<Connection>,
     progress: Arc<DrainProgress>,
+    /// What this drain delivered and the application has not settled.
+    unsettled: Arc<Unsettled>,
     /// Serialises the drain's state writes; `true` once it was aborted, after which the
     /// hand-over writes nothing more (else its `draining` could land after the abort's
     /// restored state, and no one would drain the session again).
@@ -336,6 +384,8 @@ pub(crate) struct Consumer {
     pub(crate) own: Connection,
     /// The own connection's epoch whose subscriptions the broker accepted (see `is_member`).
     own_subscribed: Arc<AtomicU64>,
+    /// What the own connection delivered and the application has not settled.
+    own_unsettled: Arc<Unsettled>,
     pub(crate) drains: Mutex<HashMap<u64, Arc<Drain>>>,
     next_source: AtomicU64,
     /// The latest state entry of each session of the subscription, by client id hash.
@@ -366,11 +416,14 @@ impl Consumer {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed_rx) = oneshot::channel();
         let own_subscribed = Arc::new(AtomicU64::new(0));
+        let own_unsettled = Arc::new(Unsettled::new(config.receive_maximum));
         let handler = Arc::new(OwnHandler {
             incoming: incoming_tx.clone(),
             control: control_tx,
             first_subscribed: Mutex::new(Some(subscribed_tx)),
             subscribed: own_subscribed.clone(),
+            unsettled: own_unsettled.clone(),
+            client_id: client_id.clone(),
         });
         let session = Session {
             client_id: client_id.clone(),
@@ -408,6 +461,7 @@ impl Consumer {
             client_id,
             own,
             own_subscribed,
+            own_unsettled,
             drains: Mutex::default(),
             next_source: AtomicU64::new(OWN + 1),
             states: Mutex::default(),
@@ -538,10 +592,13 @@ impl Consumer {
             outstanding: AtomicUsize::new(0),
             changed: Notify::new(),
         });
+        let unsettled = Arc::new(Unsettled::new(config.receive_maximum));
         let handler = Arc::new(DrainHandler {
             incoming: self.incoming_tx.clone(),
             source,
             progress: progress.clone(),
+            unsettled: unsettled.clone(),
+            session: target.to_string(),
         });
         let subscribed = progress.subscribed.notified();
         tokio::pin!(subscribed);
@@ -566,6 +623,7 @@ impl Consumer {
             state_before,
             connection: tokio::sync::OnceCell::new(),
             progress: progress.clone(),
+            unsettled,
             aborted: tokio::sync::Mutex::new(false),
         });
         lock(&self.drains).insert(source, drain.clone());
@@ -725,9 +783,11 @@ impl Consumer {
     /// A message from drain `source` was settled.
     pub(crate) fn settled(&self, source: u64) {
         if source == OWN {
+            self.own_unsettled.settled();
             return;
         }
         if let Some(drain) = lock(&self.drains).get(&source) {
+            drain.unsettled.settled();
             drain.progress.outstanding.fetch_sub(1, Ordering::AcqRel);
             drain.progress.changed.notify_waiters();
         }
