@@ -405,19 +405,19 @@ async fn run_client(
             params.subscriptions
         ));
     }
-    match (broker, client) {
-        (broker, Client::Bus) => Ok(clients::bus(
-            broker,
-            &Params {
-                batch: 0,
-                ..params.clone()
-            },
-        )
-        .await),
-        (_, Client::BusBatch) if params.batch == 0 => {
-            Err("the batch client needs --batch N (messages per call)".into())
+    if client == Client::BusBatch {
+        if params.batch == 0 {
+            return Err("the batch client needs --batch N (messages per call)".into());
         }
-        (broker, Client::BusBatch) => Ok(clients::bus(broker, params).await),
+        return Ok(clients::bus(broker, params).await);
+    }
+    // Every other client sends one message per call (and reports its window as such).
+    let params = &Params {
+        batch: 0,
+        ..params.clone()
+    };
+    match (broker, client) {
+        (broker, Client::Bus) => Ok(clients::bus(broker, params).await),
         (Broker::Memory, Client::Raw) => Ok(clients::raw_memory(params).await),
         (Broker::Mqtt { port }, Client::Raw) => {
             Ok(clients::raw_mqtt(*port, MqttVersion::V5, params).await)

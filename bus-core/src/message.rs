@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::telemetry::Settlement;
 use crate::{Result, Topic};
 
 /// Message attributes: string keys and values, sorted by key.
@@ -131,6 +132,8 @@ pub struct Delivery {
     topic: Topic,
     acker: Box<dyn Acker>,
     span: tracing::Span,
+    /// The telemetry layer's part in settling (none without the layer).
+    settlement: Option<Settlement>,
 }
 
 impl Delivery {
@@ -150,6 +153,7 @@ impl Delivery {
             topic,
             acker,
             span: tracing::Span::none(),
+            settlement: None,
         }
     }
 
@@ -204,26 +208,22 @@ impl Delivery {
         crate::telemetry::TraceContext::from_attributes(&self.message.attributes)
     }
 
-    /// The same delivery recorded in `span` and settled through `wrap(acker)`.
-    pub(crate) fn instrumented(
-        mut self,
-        span: tracing::Span,
-        wrap: impl FnOnce(Box<dyn Acker>) -> Box<dyn Acker>,
-    ) -> Delivery {
+    /// The same delivery recorded in `span`, its settling observed by `settlement`.
+    pub(crate) fn instrumented(mut self, span: tracing::Span, settlement: Settlement) -> Delivery {
         self.span = span;
-        self.acker = wrap(self.acker);
+        self.settlement = Some(settlement);
         self
     }
 
     /// Marks the message done: it is not delivered again on this subscription.
     pub async fn ack(self) -> Result<()> {
-        self.acker.ack().await
+        settle(&*self.acker, self.settlement, true).await
     }
 
     /// Asks for redelivery (attempt + 1). After the subscription's `max_delivery_attempts` the
     /// message goes to its dead-letter topic, if one is configured.
     pub async fn nack(self) -> Result<()> {
-        self.acker.nack().await
+        settle(&*self.acker, self.settlement, false).await
     }
 
     /// Splits the delivery into its message and a handle that can still settle it, for code
@@ -235,6 +235,7 @@ impl Delivery {
             topic: self.topic,
             acker: self.acker,
             span: self.span,
+            settlement: self.settlement,
         };
         (self.message, handle)
     }
@@ -259,6 +260,7 @@ pub struct DeliveryHandle {
     topic: Topic,
     acker: Box<dyn Acker>,
     span: tracing::Span,
+    settlement: Option<Settlement>,
 }
 
 impl DeliveryHandle {
@@ -284,12 +286,12 @@ impl DeliveryHandle {
 
     /// See [`Delivery::ack`].
     pub async fn ack(self) -> Result<()> {
-        self.acker.ack().await
+        settle(&*self.acker, self.settlement, true).await
     }
 
     /// See [`Delivery::nack`].
     pub async fn nack(self) -> Result<()> {
-        self.acker.nack().await
+        settle(&*self.acker, self.settlement, false).await
     }
 
     /// Joins the message back into a [`Delivery`].
@@ -301,6 +303,7 @@ impl DeliveryHandle {
             topic: self.topic,
             acker: self.acker,
             span: self.span,
+            settlement: self.settlement,
         }
     }
 }
@@ -312,6 +315,15 @@ impl fmt::Debug for DeliveryHandle {
             .field("attempt", &self.attempt)
             .field("topic", &self.topic)
             .finish_non_exhaustive()
+    }
+}
+
+/// Settles through `acker`, and through the telemetry layer's `settlement` when there is one.
+async fn settle(acker: &dyn Acker, settlement: Option<Settlement>, ack: bool) -> Result<()> {
+    match settlement {
+        Some(settlement) => settlement.settle(acker, ack).await,
+        None if ack => acker.ack().await,
+        None => acker.nack().await,
     }
 }
 

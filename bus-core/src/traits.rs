@@ -193,88 +193,133 @@ pub trait SubscriptionExt: Subscription {
 impl<S: Subscription + ?Sized> SubscriptionExt for S {}
 
 // Boxed and shared handles are what the facade and the contract suite hold: they publish,
-// subscribe and receive like what they point to.
+// subscribe and receive like what they point to. Their async methods hand back the boxed future
+// of what they point to instead of boxing it once more (one allocation less per call and
+// handle on the hot path), so they are written out rather than made by `async_trait`.
 
-#[async_trait]
-impl<P: Publisher + ?Sized> Publisher for Box<P> {
-    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
-        (**self).publish(topic, message).await
-    }
-    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
-        (**self).publish_batch(topic, messages).await
-    }
-    async fn flush(&self) -> Result<()> {
-        (**self).flush().await
-    }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
+/// The future an object-safe async method returns.
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+macro_rules! forward_publisher {
+    ($handle:ident) => {
+        impl<P: Publisher + ?Sized> Publisher for $handle<P> {
+            fn publish<'a, 'b, 'c>(
+                &'a self,
+                topic: &'b Topic,
+                message: Message,
+            ) -> Boxed<'c, Result<String>>
+            where
+                'a: 'c,
+                'b: 'c,
+                Self: 'c,
+            {
+                (**self).publish(topic, message)
+            }
+            fn publish_batch<'a, 'b, 'c>(
+                &'a self,
+                topic: &'b Topic,
+                messages: Vec<Message>,
+            ) -> Boxed<'c, Vec<Result<String>>>
+            where
+                'a: 'c,
+                'b: 'c,
+                Self: 'c,
+            {
+                (**self).publish_batch(topic, messages)
+            }
+            fn flush<'a, 'c>(&'a self) -> Boxed<'c, Result<()>>
+            where
+                'a: 'c,
+                Self: 'c,
+            {
+                (**self).flush()
+            }
+            fn close<'a, 'c>(&'a self) -> Boxed<'c, Result<()>>
+            where
+                'a: 'c,
+                Self: 'c,
+            {
+                (**self).close()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
-    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
-        (**self).publish(topic, message).await
-    }
-    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
-        (**self).publish_batch(topic, messages).await
-    }
-    async fn flush(&self) -> Result<()> {
-        (**self).flush().await
-    }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
+macro_rules! forward_subscription {
+    ($handle:ident) => {
+        impl<S: Subscription + ?Sized> Subscription for $handle<S> {
+            fn receive<'a, 'c>(&'a self) -> Boxed<'c, Result<Delivery>>
+            where
+                'a: 'c,
+                Self: 'c,
+            {
+                (**self).receive()
+            }
+            fn receive_batch<'a, 'c>(
+                &'a self,
+                max: usize,
+                wait: Duration,
+            ) -> Boxed<'c, Result<Vec<Delivery>>>
+            where
+                'a: 'c,
+                Self: 'c,
+            {
+                (**self).receive_batch(max, wait)
+            }
+            fn close<'a, 'c>(&'a self) -> Boxed<'c, Result<()>>
+            where
+                'a: 'c,
+                Self: 'c,
+            {
+                (**self).close()
+            }
+        }
+    };
 }
 
-#[async_trait]
+use std::sync::Arc;
+
+forward_publisher!(Box);
+forward_publisher!(Arc);
+forward_subscription!(Box);
+forward_subscription!(Arc);
+
 impl<S: Subscriber + ?Sized> Subscriber for Box<S> {
-    async fn subscribe(
-        &self,
-        topic: &Topic,
+    fn subscribe<'a, 'b, 'c>(
+        &'a self,
+        topic: &'b Topic,
         options: SubscriptionOptions,
-    ) -> Result<Box<dyn Subscription>> {
-        (**self).subscribe(topic, options).await
+    ) -> Boxed<'c, Result<Box<dyn Subscription>>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        (**self).subscribe(topic, options)
     }
-    async fn create_subscription(&self, topic: &Topic, options: SubscriptionOptions) -> Result<()> {
-        (**self).create_subscription(topic, options).await
+    fn create_subscription<'a, 'b, 'c>(
+        &'a self,
+        topic: &'b Topic,
+        options: SubscriptionOptions,
+    ) -> Boxed<'c, Result<()>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        (**self).create_subscription(topic, options)
     }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
+    fn close<'a, 'c>(&'a self) -> Boxed<'c, Result<()>>
+    where
+        'a: 'c,
+        Self: 'c,
+    {
+        (**self).close()
     }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
-    }
-}
-
-#[async_trait]
-impl<S: Subscription + ?Sized> Subscription for Box<S> {
-    async fn receive(&self) -> Result<Delivery> {
-        (**self).receive().await
-    }
-    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        (**self).receive_batch(max, wait).await
-    }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
-    }
-}
-
-#[async_trait]
-impl<S: Subscription + ?Sized> Subscription for std::sync::Arc<S> {
-    async fn receive(&self) -> Result<Delivery> {
-        (**self).receive().await
-    }
-    async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        (**self).receive_batch(max, wait).await
-    }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
     }
 }

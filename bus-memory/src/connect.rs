@@ -30,7 +30,7 @@ impl std::fmt::Debug for MemoryBackend {
 pub(crate) struct BrokerInner {
     pub config: MemoryConfig,
     pub capabilities: Capabilities,
-    topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
+    topics: RwLock<HashMap<Topic, Arc<TopicState>, foldhash::fast::RandomState>>,
     pub next_message_id: AtomicU64,
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bus_core::backend::{only_result, PublishGate};
+use bus_core::backend::PublishGate;
 use bus_core::{Capabilities, Message, Publisher, Result, Topic};
 
 use crate::subscriber::SubscriptionState;
@@ -36,9 +36,32 @@ impl MemoryPublisher {
 }
 
 impl MemoryBackend {
-    /// Stores `message` in every subscription of `topic`, waiting for room in each.
+    /// Stores `message` in every subscription of `topic`, waiting for room in each: the batch
+    /// path for one message, without its vectors (this is the hot path of one-by-one publishing).
     pub(crate) async fn publish_message(&self, topic: &Topic, message: Message) -> Result<String> {
-        only_result(self.publish_messages(topic, vec![message]).await)
+        let inner = &self.inner;
+        inner.capabilities.check_message(BACKEND, &message)?;
+        let subscriptions = read(&self.topic(topic).fan_out).clone();
+        let number = inner.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let mut digits = itoa::Buffer::new();
+        let id = digits.format(number);
+        if subscriptions.is_empty() {
+            return Ok(id.to_string());
+        }
+        let weight = message_weight(&message);
+        if !try_reserve_all(&subscriptions, weight) {
+            reserve_all(&subscriptions, weight, inner.publish_timeout()).await?;
+        }
+        let stored = Arc::new(StoredMessage {
+            id: Arc::from(id),
+            topic: topic.clone(),
+            message,
+            weight,
+        });
+        for subscription in subscriptions.iter() {
+            subscription.enqueue(std::slice::from_ref(&stored));
+        }
+        Ok(id.to_string())
     }
 
     /// Stores each of `messages` in every subscription of `topic` (or in none), in order:

@@ -187,9 +187,13 @@ impl SubscriptionState {
         }
     }
 
-    /// Hands out up to `max` ready messages, after moving expired deliveries back. Returns the
-    /// deliveries and when the next in-flight message expires.
-    fn take(self: &Arc<Self>, max: usize, into: &mut Vec<Delivery>) -> Option<Instant> {
+    /// Hands up to `max` ready messages to `deliver`, after moving expired deliveries back.
+    /// Returns how many it handed out and when the next in-flight message expires.
+    fn take(
+        self: &Arc<Self>,
+        max: usize,
+        mut deliver: impl FnMut(Delivery),
+    ) -> (usize, Option<Instant>) {
         let now = Instant::now();
         let mut queue = lock(&self.queue);
         while queue
@@ -204,14 +208,14 @@ impl SubscriptionState {
             }
         }
         let deadline = now + self.options.ack_deadline;
-        let mut took = false;
-        while into.len() < max {
+        let mut took = 0;
+        while took < max {
             let Some(mut queued) = queue.ready.pop_front() else {
                 break;
             };
             queued.deliveries += 1;
             let tag = queue.first_tag + queue.in_flight.len() as u64;
-            into.push(Delivery::new(
+            deliver(Delivery::new(
                 queued.message.message.clone(),
                 queued.message.id.clone(),
                 queued.deliveries,
@@ -221,9 +225,9 @@ impl SubscriptionState {
             queue
                 .in_flight
                 .push_back(Some(InFlight { queued, deadline }));
-            took = true;
+            took += 1;
         }
-        let more_ready = took && !queue.ready.is_empty();
+        let more_ready = took > 0 && !queue.ready.is_empty();
         let next_deadline = queue
             .in_flight
             .front()
@@ -234,17 +238,23 @@ impl SubscriptionState {
             // Another consumer may be waiting for the rest.
             self.ready.notify_one();
         }
-        next_deadline
+        (took, next_deadline)
     }
 
-    /// Waits until up to `max` deliveries can be taken (at least one), or forever.
-    async fn take_waiting(self: &Arc<Self>, max: usize, into: &mut Vec<Delivery>) {
+    /// Waits until up to `max` deliveries can be taken (at least one), or forever, and hands
+    /// them to `deliver`.
+    async fn take_waiting(self: &Arc<Self>, max: usize, mut deliver: impl FnMut(Delivery)) {
+        // When messages are ready (the busy case) they are taken without registering for a
+        // wake-up, which would cost two more lock round trips per call.
+        if self.take(max, &mut deliver).0 > 0 {
+            return;
+        }
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let next_deadline = self.take(max, into);
-            if !into.is_empty() {
+            let (took, next_deadline) = self.take(max, &mut deliver);
+            if took > 0 {
                 return;
             }
             match next_deadline {
@@ -318,11 +328,11 @@ impl std::fmt::Debug for MemorySubscription {
 #[async_trait]
 impl Subscription for MemorySubscription {
     async fn receive(&self) -> Result<Delivery> {
-        let mut one = Vec::with_capacity(1);
+        let mut one = None;
         self.lifecycle
             .until_closed(BACKEND, async {
-                self.state.take_waiting(1, &mut one).await;
-                one.pop().ok_or_else(|| {
+                self.state.take_waiting(1, |d| one = Some(d)).await;
+                one.take().ok_or_else(|| {
                     Error::new(ErrorKind::Internal, BACKEND, "woke without a delivery")
                 })
             })
@@ -337,7 +347,8 @@ impl Subscription for MemorySubscription {
         }
         self.lifecycle
             .until_closed(BACKEND, async {
-                let _ = tokio::time::timeout(wait, self.state.take_waiting(max, &mut batch)).await;
+                let taking = self.state.take_waiting(max, |d| batch.push(d));
+                let _ = tokio::time::timeout(wait, taking).await;
                 Ok(())
             })
             .await?;

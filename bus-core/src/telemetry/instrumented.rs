@@ -1,7 +1,6 @@
 //! [`Instrumented`]: any backend, with spans, trace context and metrics around its roles.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use tracing::{Instrument, Span};
 
 use super::sampling::sample_root;
 use super::*;
-use crate::backend::only_result;
 use crate::{
     Acker, Backend, Capabilities, Delivery, Message, Publisher, Result, Subscriber, Subscription,
     SubscriptionOptions, Topic,
@@ -105,7 +103,7 @@ impl PublishMetrics {
 struct InstrumentedPublisher {
     inner: Box<dyn Publisher>,
     system: &'static str,
-    topics: RwLock<HashMap<Topic, Arc<PublishMetrics>>>,
+    topics: RwLock<HashMap<Topic, Arc<PublishMetrics>, foldhash::fast::RandomState>>,
 }
 
 impl InstrumentedPublisher {
@@ -147,67 +145,52 @@ impl InstrumentedPublisher {
         )
     }
 
-    /// Publishes `messages` through `send`: inside `span` with their trace context set from it,
-    /// or, without a span (a trace bus does not record), carrying a context whose sampled flag
-    /// is off. Counts every result and marks the span failed if one failed.
-    async fn send<F>(
-        &self,
-        metrics: &PublishMetrics,
-        span: Option<Span>,
-        mut messages: Vec<Message>,
-        send: impl FnOnce(Vec<Message>) -> F,
-    ) -> Vec<Result<String>>
-    where
-        F: std::future::Future<Output = Vec<Result<String>>>,
-    {
+    /// Sets the trace context `message` carries: from `span`, or, without a span (a trace bus
+    /// does not record), a context whose sampled flag is off.
+    fn carry_context(span: Option<&Span>, message: &mut Message) {
         #[cfg(feature = "otel")]
-        match &span {
-            Some(span) => {
-                for message in &mut messages {
-                    super::otel::inject(span, &mut message.attributes);
-                }
+        match span {
+            Some(span) => super::otel::inject(span, &mut message.attributes),
+            // A message that carries its own trace context (a bridge's) keeps it.
+            None if !message.attributes.contains_key(TRACEPARENT) => {
+                super::sampling::unsampled_context().write_to(&mut message.attributes)
             }
-            None => {
-                // A message that carries its own trace context (a bridge's) keeps it.
-                let context = super::sampling::unsampled_context();
-                for message in &mut messages {
-                    if !message.attributes.contains_key(TRACEPARENT) {
-                        context.write_to(&mut message.attributes);
-                    }
-                }
-            }
+            None => {}
         }
         #[cfg(not(feature = "otel"))]
-        let _ = &mut messages;
-        let started = Instant::now();
-        let results = match &span {
-            Some(span) => send(messages).instrument(span.clone()).await,
-            None => send(messages).await,
-        };
-        let elapsed = started.elapsed().as_secs_f64();
-        let mut failed = None;
-        for result in &results {
-            metrics.duration.record(elapsed);
-            match result {
-                Ok(_) => metrics.ok.increment(1),
-                Err(e) => {
-                    metrics.error.increment(1);
-                    failed = Some(e.kind());
-                }
-            }
-        }
-        match (span, &results[..], failed) {
-            (Some(span), _, Some(kind)) => {
-                span.record("error.type", kind.as_str());
-                span.record("otel.status_code", "ERROR");
-            }
-            (Some(span), [Ok(id)], None) => {
-                span.record("messaging.message.id", id.as_str());
-            }
-            _ => {}
-        }
-        results
+        let _ = (span, message);
     }
+
+    /// Runs `send` inside `span`, if there is one.
+    async fn in_span<T>(span: Option<&Span>, send: impl std::future::Future<Output = T>) -> T {
+        match span {
+            Some(span) => send.instrument(span.clone()).await,
+            None => send.await,
+        }
+    }
+}
+
+impl PublishMetrics {
+    /// Counts one publish's `result`, which took `elapsed`; returns the kind of its error.
+    fn record<T>(&self, elapsed: Duration, result: &Result<T>) -> Option<crate::ErrorKind> {
+        self.duration.record(elapsed.as_secs_f64());
+        match result {
+            Ok(_) => {
+                self.ok.increment(1);
+                None
+            }
+            Err(e) => {
+                self.error.increment(1);
+                Some(e.kind())
+            }
+        }
+    }
+}
+
+/// Marks `span` failed with an error of `kind`.
+fn mark_failed(span: &Span, kind: crate::ErrorKind) {
+    span.record("error.type", kind.as_str());
+    span.record("otel.status_code", "ERROR");
 }
 
 /// Whether a publish made now is recorded (gets a `send` span): inside a span of the
@@ -222,30 +205,47 @@ fn publish_recorded() -> bool {
 
 #[async_trait]
 impl Publisher for InstrumentedPublisher {
-    async fn publish(&self, topic: &Topic, message: Message) -> Result<String> {
+    async fn publish(&self, topic: &Topic, mut message: Message) -> Result<String> {
         let metrics = self.metrics(topic);
         let span = publish_recorded()
             .then(|| self.send_span(topic, &metrics, Some(message.payload.len()), None));
-        let results = self
-            .send(&metrics, span, vec![message], |mut messages| async move {
-                let Some(message) = messages.pop() else {
-                    return Vec::new();
-                };
-                vec![self.inner.publish(topic, message).await]
-            })
-            .await;
-        only_result(results)
+        Self::carry_context(span.as_ref(), &mut message);
+        let started = Instant::now();
+        let result = Self::in_span(span.as_ref(), self.inner.publish(topic, message)).await;
+        let failed = metrics.record(started.elapsed(), &result);
+        match (&span, &result, failed) {
+            (Some(span), _, Some(kind)) => mark_failed(span, kind),
+            (Some(span), Ok(id), None) => {
+                span.record("messaging.message.id", id.as_str());
+            }
+            _ => {}
+        }
+        result
     }
 
     /// One span for the batch: every message carries its context.
-    async fn publish_batch(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
+    async fn publish_batch(
+        &self,
+        topic: &Topic,
+        mut messages: Vec<Message>,
+    ) -> Vec<Result<String>> {
         let metrics = self.metrics(topic);
         let span =
             publish_recorded().then(|| self.send_span(topic, &metrics, None, Some(messages.len())));
-        self.send(&metrics, span, messages, |messages| {
-            self.inner.publish_batch(topic, messages)
-        })
-        .await
+        for message in &mut messages {
+            Self::carry_context(span.as_ref(), message);
+        }
+        let started = Instant::now();
+        let results = Self::in_span(span.as_ref(), self.inner.publish_batch(topic, messages)).await;
+        let elapsed = started.elapsed();
+        let mut failed = None;
+        for result in &results {
+            failed = metrics.record(elapsed, result).or(failed);
+        }
+        if let (Some(span), Some(kind)) = (&span, failed) {
+            mark_failed(span, kind);
+        }
+        results
     }
 
     async fn flush(&self) -> Result<()> {
@@ -421,32 +421,31 @@ impl InstrumentedSubscription {
             tracing::info!(target: "bus", parent: &span, attempt = delivery.attempt(), "redelivery");
         }
         t.in_flight.increment(1.0);
-        let telemetry = t.clone();
-        let acker_span = span.clone();
-        delivery.instrumented(span, move |inner| {
-            Box::new(InstrumentedAcker {
-                inner,
-                span: recorded.then_some(acker_span),
-                telemetry,
-                settled: AtomicBool::new(false),
-            })
-        })
+        let settlement = Settlement {
+            span: recorded.then(|| span.clone()),
+            telemetry: t.clone(),
+            settled: false,
+        };
+        delivery.instrumented(span, settlement)
     }
 }
 
-/// Settles through the backend's acker inside a `settle` span (for a recorded trace), and
-/// counts.
-struct InstrumentedAcker {
-    inner: Box<dyn Acker>,
+/// What the telemetry layer adds to settling a delivery: a `settle` span (for a recorded
+/// trace), the counters, and the in-flight gauge, given back when the delivery is dropped
+/// unsettled. Held by the delivery itself, so that instrumenting costs no acker of its own.
+#[derive(Debug)]
+pub(crate) struct Settlement {
     /// The delivery's `process` span; `None` for a trace bus does not record.
-    span: Option<tracing::Span>,
+    span: Option<Span>,
     telemetry: Arc<SubscriptionTelemetry>,
-    settled: AtomicBool,
+    settled: bool,
 }
 
-impl InstrumentedAcker {
-    async fn settle(&self, operation: &'static str, ack: bool) -> Result<()> {
-        let t = &self.telemetry;
+impl Settlement {
+    /// Acks (or nacks) through `acker`, the backend's.
+    pub(crate) async fn settle(mut self, acker: &dyn Acker, ack: bool) -> Result<()> {
+        let t = self.telemetry.clone();
+        let operation = if ack { "ack" } else { "nack" };
         let span = self.span.as_ref().map(|parent| {
             tracing::info_span!(
                 target: "bus",
@@ -463,9 +462,9 @@ impl InstrumentedAcker {
         });
         let settling = async {
             if ack {
-                self.inner.ack().await
+                acker.ack().await
             } else {
-                self.inner.nack().await
+                acker.nack().await
             }
         };
         let result = match &span {
@@ -475,37 +474,20 @@ impl InstrumentedAcker {
         match (&result, &span) {
             (Ok(()), _) if ack => t.acked.increment(1),
             (Ok(()), _) => t.nacked.increment(1),
-            (Err(e), Some(span)) => {
-                span.record("error.type", e.kind().as_str());
-                span.record("otel.status_code", "ERROR");
-            }
+            (Err(e), Some(span)) => mark_failed(span, e.kind()),
             (Err(_), None) => {}
         }
-        self.release();
+        self.settled = true;
+        t.in_flight.decrement(1.0);
         result
     }
-
-    fn release(&self) {
-        if !self.settled.swap(true, Ordering::AcqRel) {
-            self.telemetry.in_flight.decrement(1.0);
-        }
-    }
 }
 
-#[async_trait]
-impl Acker for InstrumentedAcker {
-    async fn ack(&self) -> Result<()> {
-        self.settle("ack", true).await
-    }
-
-    async fn nack(&self) -> Result<()> {
-        self.settle("nack", false).await
-    }
-}
-
-impl Drop for InstrumentedAcker {
+impl Drop for Settlement {
     fn drop(&mut self) {
         // Dropped unsettled: the backend redelivers it after the ack deadline.
-        self.release();
+        if !self.settled {
+            self.telemetry.in_flight.decrement(1.0);
+        }
     }
 }

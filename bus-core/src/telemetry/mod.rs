@@ -50,6 +50,7 @@ mod sampling;
 
 pub use context::{TraceContext, GOOGLE_TRACEPARENT, TRACEPARENT, TRACESTATE};
 pub use instrumented::Instrumented;
+pub(crate) use instrumented::Settlement;
 pub use sampling::{set_trace_ratio, trace_ratio, UNSAMPLED_TARGET};
 
 /// Counter: publishes, labelled `outcome` = `ok` | `error`.
