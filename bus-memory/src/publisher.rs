@@ -50,7 +50,8 @@ impl MemoryBackend {
         }
         let weight = message_weight(&message);
         if !try_reserve_all(&subscriptions, weight) {
-            reserve_all(&subscriptions, weight, inner.publish_timeout()).await?;
+            // Boxed apart: the future of a publish that finds room stays small.
+            Box::pin(reserve_all(&subscriptions, weight, inner.publish_timeout())).await?;
         }
         let stored = Arc::new(StoredMessage {
             id: Arc::from(id),
