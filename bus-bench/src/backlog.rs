@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use bus::{Message, Publisher, SubscriptionOptions, Topic};
 use serde::Serialize;
 
-use crate::clients::Broker;
+use crate::clients::{spawn_consumer, Broker};
 use crate::measure::{stamp, wait_until, Params, Tracker};
-use crate::scenarios::memory_mib;
+use crate::scenarios::{memory_mib, status_kib};
 
 /// What the backlog run measured.
 #[derive(Debug, Serialize)]
@@ -74,13 +74,8 @@ pub fn tree_rss_mib(pid: u32) -> f64 {
 }
 
 fn process_rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0.0)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_kib(&status, "VmRSS:")
 }
 
 /// Builds a backlog of `params.messages` on `broker` (whose process is `broker_pid`), measures,
@@ -144,25 +139,7 @@ pub async fn run(broker: &Broker, broker_pid: u32, params: &Params) -> Result<Ba
             .map_err(|e| e.to_string())?,
     );
     let started = Instant::now();
-    let consumer = tokio::spawn({
-        let (subscription, tracker) = (subscription.clone(), tracker.clone());
-        async move {
-            let mut latencies = Vec::with_capacity(1024);
-            while !tracker.complete() {
-                let Ok(deliveries) = subscription
-                    .receive_batch(256, Duration::from_millis(100))
-                    .await
-                else {
-                    break;
-                };
-                for delivery in &deliveries {
-                    tracker.record(delivery.payload(), &mut latencies);
-                }
-                let _ = bus::ack_all(deliveries).await;
-            }
-            tracker.flush(&mut latencies);
-        }
-    });
+    let consumer = spawn_consumer(subscription.clone(), tracker.clone(), 0, 256);
     wait_until(
         || tracker.complete(),
         || tracker.distinct(),

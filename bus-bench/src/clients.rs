@@ -287,32 +287,7 @@ async fn across(
     let receivers: Vec<_> = consumers
         .iter()
         .map(|(copy, consumer)| {
-            let (copy, consumer, tracker) = (*copy, consumer.clone(), tracker.clone());
-            let batch = params.batch;
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1024);
-                while !tracker.complete() {
-                    if batch > 0 {
-                        let Ok(deliveries) = consumer
-                            .receive_batch(batch, Duration::from_millis(100))
-                            .await
-                        else {
-                            break;
-                        };
-                        for delivery in &deliveries {
-                            tracker.record_copy(copy, delivery.payload(), &mut latencies);
-                        }
-                        let _ = bus::ack_all(deliveries).await;
-                        continue;
-                    }
-                    let Ok(delivery) = consumer.receive().await else {
-                        break;
-                    };
-                    tracker.record_copy(copy, delivery.payload(), &mut latencies);
-                    let _ = delivery.ack().await;
-                }
-                tracker.flush(&mut latencies);
-            })
+            spawn_consumer(consumer.clone(), tracker.clone(), *copy, params.batch)
         })
         .collect();
     let publishers: Vec<_> = shares(params)
@@ -370,6 +345,40 @@ async fn across(
     }
     let _ = connection.close().await;
     tracker.finish((to.backend(), "bus"), params, published, delivered)
+}
+
+/// Receives and acks on `consumer` until `tracker` has every message, recording each delivery
+/// as copy `copy`: one by one, or `batch` at a time through the batch calls when `batch > 0`.
+pub(crate) fn spawn_consumer(
+    consumer: Arc<Box<dyn bus::Subscription>>,
+    tracker: Arc<Tracker>,
+    copy: usize,
+    batch: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(1024);
+        while !tracker.complete() {
+            if batch > 0 {
+                let Ok(deliveries) = consumer
+                    .receive_batch(batch, Duration::from_millis(100))
+                    .await
+                else {
+                    break;
+                };
+                for delivery in &deliveries {
+                    tracker.record_copy(copy, delivery.payload(), &mut latencies);
+                }
+                let _ = bus::ack_all(deliveries).await;
+                continue;
+            }
+            let Ok(delivery) = consumer.receive().await else {
+                break;
+            };
+            tracker.record_copy(copy, delivery.payload(), &mut latencies);
+            let _ = delivery.ack().await;
+        }
+        tracker.flush(&mut latencies);
+    })
 }
 
 /// A bounded `tokio::sync::mpsc` hand-off to one consumer: what an in-process queue costs

@@ -17,16 +17,20 @@ use crate::measure::{stamp, Params, Tracker};
 /// Resident and peak resident memory of this process, in MiB (Linux `/proc/self/status`).
 pub fn memory_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(0.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        status_kib(&status, "VmRSS:") / 1024.0,
+        status_kib(&status, "VmHWM:") / 1024.0,
+    )
+}
+
+/// The field `name` (for example `VmRSS:`) of a `/proc/<pid>/status` text, in KiB; 0 when absent.
+pub fn status_kib(status: &str, name: &str) -> f64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// What the backpressure scenario measured.

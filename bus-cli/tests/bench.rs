@@ -110,6 +110,46 @@ fn compare_at_several_windows_reports_each_clients_best_and_same_window_ratios()
 }
 
 #[test]
+fn compare_with_batches_runs_the_one_by_one_clients_at_their_own_window() {
+    let out = bench(&[
+        "compare",
+        "--backend",
+        "memory",
+        "--messages",
+        "4096",
+        "--payload",
+        "16",
+        "--runs",
+        "1",
+        "--windows",
+        "64",
+        "--batch",
+        "16",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let window = |client: &str| {
+        lines
+            .iter()
+            .find(|l| l["client"] == client)
+            .unwrap_or_else(|| panic!("no {client} line:\n{out}"))["in_flight"]
+            .as_u64()
+    };
+    // 64 one by one for bus and raw; the batch client: 4 tasks of 16.
+    assert_eq!(window("bus"), Some(64), "{out}");
+    assert_eq!(window("raw"), Some(64), "{out}");
+    assert_eq!(window("bus-batch"), Some(64), "{out}");
+    for line in &lines {
+        assert_eq!(line["lost"], 0, "{line}");
+        assert_eq!(line["duplicates"], 0, "{line}");
+    }
+}
+
+#[test]
 fn fan_out_counts_every_copy_of_every_message() {
     let out = bench(&[
         "run",
