@@ -220,7 +220,7 @@ pub enum BenchCommand {
         #[arg(long)]
         publishers: usize,
     },
-    /// Draws the SVG chart from JSON lines written by `compare --json`.
+    /// Draws an SVG chart from JSON lines written by `compare --json` or `run --json`.
     Chart {
         /// JSON lines (one result per line).
         #[arg(long)]
@@ -228,6 +228,10 @@ pub enum BenchCommand {
         /// The SVG to write.
         #[arg(long)]
         output: PathBuf,
+        /// `bars`: end-to-end msgs/s per result; `scaling`: msgs/s and p99 latency against
+        /// payload size, one line per backend and client.
+        #[arg(long, value_enum, default_value = "bars")]
+        kind: ChartKind,
     },
 }
 
@@ -907,7 +911,11 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
             );
             Ok(())
         }
-        BenchCommand::Chart { input, output } => {
+        BenchCommand::Chart {
+            input,
+            output,
+            kind,
+        } => {
             let text =
                 std::fs::read_to_string(&input).map_err(|e| format!("{}: {e}", input.display()))?;
             let results: Vec<BenchResult> = text
@@ -916,7 +924,19 @@ pub async fn run(command: BenchCommand, invocation: &[String]) -> Result<(), Str
                 .map(serde_json::from_str)
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("{}: {e}", input.display()))?;
-            report::chart(&results, &output)
+            match kind {
+                ChartKind::Bars => report::chart(&results, &output),
+                ChartKind::Scaling => report::scaling_chart(&results, &output),
+            }
         }
     }
+}
+
+/// What `bench chart` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChartKind {
+    /// End-to-end msgs/s, one bar per result.
+    Bars,
+    /// msgs/s and p99 latency against payload size, one line per backend and client.
+    Scaling,
 }

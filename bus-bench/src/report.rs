@@ -202,3 +202,119 @@ pub fn chart(results: &[BenchResult], path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
 }
+
+/// How throughput and p99 latency grow with the payload: two panels (msgs/s and p99 against
+/// payload bytes, all log scales), one line per backend and client, as SVG. Results with the
+/// same backend, client and payload are drawn as one point (the first).
+pub fn scaling_chart(results: &[BenchResult], path: &Path) -> Result<(), String> {
+    let mut lines: Vec<(String, Vec<&BenchResult>)> = Vec::new();
+    for result in results {
+        let name = format!("{} {}", result.backend, result.client);
+        match lines.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, points))
+                if points
+                    .iter()
+                    .any(|p| p.payload_bytes == result.payload_bytes) => {}
+            Some((_, points)) => points.push(result),
+            None => lines.push((name, vec![result])),
+        }
+    }
+    if lines.is_empty() {
+        return Err("no results to chart".into());
+    }
+    for (_, points) in &mut lines {
+        points.sort_by_key(|p| p.payload_bytes);
+    }
+    let payloads = || results.iter().map(|r| r.payload_bytes.max(1) as f64);
+    // Ticks at the payloads measured, not at powers of ten.
+    let mut sizes: Vec<f64> = payloads().collect();
+    sizes.sort_by(f64::total_cmp);
+    sizes.dedup();
+    let (min_payload, max_payload) = (
+        payloads().fold(f64::MAX, f64::min) / 2.0,
+        payloads().fold(1.0, f64::max) * 2.0,
+    );
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(600);
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(127, 127, 127),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+    ];
+    // Each panel: where, its caption, its y axis, and what it plots of a result.
+    type Plotted = fn(&BenchResult) -> f64;
+    let panels: [(_, &str, &str, Plotted); 2] = [
+        (
+            &left,
+            "end-to-end msgs/s by payload",
+            "messages per second",
+            |r| r.e2e_msgs_per_s.max(1.0),
+        ),
+        (&right, "p99 latency by payload", "p99 latency, ms", |r| {
+            (r.p99_us as f64 / 1000.0).max(0.01)
+        }),
+    ];
+    for (area, caption, y_desc, value) in panels {
+        let values = || results.iter().map(value);
+        let (low, high) = (
+            values().fold(f64::MAX, f64::min) / 2.0,
+            values().fold(0.0, f64::max) * 2.0,
+        );
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                (min_payload..max_payload)
+                    .log_scale()
+                    .with_key_points(sizes.clone()),
+                (low..high).log_scale(),
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("payload bytes")
+            .y_desc(y_desc)
+            .y_label_formatter(&|v| match *v {
+                v if v >= 1.0 => format!("{v:.0}"),
+                v => format!("{v:.2}"),
+            })
+            .x_label_formatter(&|bytes| match *bytes as u64 {
+                b if b >= 1 << 20 => format!("{} MiB", b >> 20),
+                b if b >= 1 << 10 => format!("{} KiB", b >> 10),
+                b => format!("{b} B"),
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (name, points)) in lines.iter().enumerate() {
+            let colour = palette[i % palette.len()];
+            let xy: Vec<(f64, f64)> = points
+                .iter()
+                .map(|p| (p.payload_bytes.max(1) as f64, value(p)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(xy.clone(), colour.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+            chart
+                .draw_series(xy.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}

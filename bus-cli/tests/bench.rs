@@ -193,3 +193,53 @@ fn a_backlog_on_mosquitto_is_held_measured_and_drained_without_a_loss() {
     let holding = line["broker_rss_backlog_mib"].as_f64().unwrap();
     assert!(holding > before + 4.0, "{line}");
 }
+
+#[test]
+fn the_scaling_chart_draws_a_line_per_backend_and_client_from_run_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for payload in ["16", "1024"] {
+        for client in ["bus", "raw"] {
+            lines += &bench(&[
+                "run",
+                "--backend",
+                "memory",
+                "--client",
+                client,
+                "--messages",
+                "2000",
+                "--payload",
+                payload,
+                "--json",
+            ]);
+        }
+    }
+    let input = dir.path().join("scaling.jsonl");
+    std::fs::write(&input, &lines).unwrap();
+    let output = dir.path().join("scaling.svg");
+    bench(&[
+        "chart",
+        "--kind",
+        "scaling",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(&output).unwrap();
+    for text in [
+        "memory bus",
+        "memory raw",
+        "p99 latency by payload",
+        "16 B",
+        "1 KiB",
+    ] {
+        assert!(svg.contains(text), "{text} missing from the chart");
+    }
+    // Two panels, one line per backend and client in each, each with its legend key.
+    let lines = svg
+        .lines()
+        .filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\""))
+        .count();
+    assert_eq!(lines, 2 * 2 * 2, "{svg}");
+}
