@@ -1,11 +1,11 @@
 //! Publishing: one batching client per topic, sharing the backend's connection.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bus_core::backend::{fail_each, only_result, PublishGate};
+use bus_core::backend::{fail_each, PublishGate};
 use bus_core::{Capabilities, Error, ErrorKind, Message, Publisher, Result, Topic};
 use google_cloud_pubsub::client::Publisher as PubSubPublisher;
 use google_cloud_pubsub::model::Message as PubSubMessage;
@@ -16,8 +16,17 @@ use crate::{lock, GcpBackend, BACKEND};
 /// Publishes to Pub/Sub topics (one batching client per topic, sharing one connection).
 pub struct GcpPublisher {
     backend: GcpBackend,
-    publishers: Mutex<HashMap<String, PubSubPublisher>>,
+    /// The batching client of each topic published to, made (and the topic ensured) on the
+    /// first publish, so that later publishes neither format its path nor look it up twice.
+    topics: Mutex<HashMap<Topic, TopicClient, foldhash::fast::RandomState>>,
     gate: PublishGate,
+}
+
+/// A topic's Pub/Sub path and its batching client.
+#[derive(Clone)]
+struct TopicClient {
+    path: Arc<str>,
+    publisher: PubSubPublisher,
 }
 
 impl std::fmt::Debug for GcpPublisher {
@@ -33,28 +42,41 @@ impl GcpPublisher {
     pub(crate) fn new(backend: GcpBackend) -> Self {
         GcpPublisher {
             backend,
-            publishers: Mutex::default(),
+            topics: Mutex::default(),
             gate: PublishGate::default(),
         }
     }
 
-    fn topic_publisher(&self, path: &str) -> PubSubPublisher {
-        lock(&self.publishers)
-            .entry(path.to_string())
-            .or_insert_with(|| {
-                let delay = Duration::from_millis(self.backend.inner.config.publish_batch_delay_ms);
-                self.backend
-                    .inner
-                    .base_publisher
-                    .publisher(path)
-                    .set_delay_threshold(delay)
-                    .build()
-            })
-            .clone()
+    /// The batching client for `topic`: the one made before, or a new one once the topic is
+    /// ensured (created, when provisioning).
+    async fn topic_client(&self, topic: &Topic) -> Result<TopicClient> {
+        if let Some(client) = lock(&self.topics).get(topic) {
+            return Ok(client.clone());
+        }
+        let path = self.backend.ensure_topic(topic).await?;
+        let delay = Duration::from_millis(self.backend.inner.config.publish_batch_delay_ms);
+        let made = TopicClient {
+            publisher: self
+                .backend
+                .inner
+                .base_publisher
+                .publisher(path.as_str())
+                .set_delay_threshold(delay)
+                .build(),
+            path: path.into(),
+        };
+        // A publish racing this one may have made one first: every publish uses that one.
+        Ok(lock(&self.topics)
+            .entry(topic.clone())
+            .or_insert(made)
+            .clone())
     }
 
     async fn flush_all(&self) {
-        let publishers: Vec<_> = lock(&self.publishers).values().cloned().collect();
+        let publishers: Vec<_> = lock(&self.topics)
+            .values()
+            .map(|client| client.publisher.clone())
+            .collect();
         for publisher in publishers {
             publisher.flush().await;
         }
@@ -68,45 +90,51 @@ struct Sending {
     result: google_cloud_pubsub::publisher::PublishFuture,
 }
 
+/// Hands `message` to the topic's batching client (the copy kept for a retry stays here).
+fn send(publisher: &PubSubPublisher, message: Message) -> Sending {
+    let ordering_key = message.ordering_key;
+    let mut pubsub = PubSubMessage::new()
+        .set_data(message.payload)
+        .set_attributes(message.attributes);
+    if let Some(key) = &ordering_key {
+        pubsub = pubsub.set_ordering_key(key.clone());
+    }
+    let result = publisher.publish(pubsub.clone());
+    Sending {
+        message: pubsub,
+        ordering_key,
+        result,
+    }
+}
+
 impl GcpPublisher {
+    /// When a publish started now gives up: `gcp.publish_timeout_ms` from now.
+    fn deadline(&self) -> (tokio::time::Instant, Duration) {
+        let limit = Duration::from_millis(self.backend.inner.config.publish_timeout_ms);
+        (tokio::time::Instant::now() + limit, limit)
+    }
+
     /// Publishes `messages` to `topic`: all are handed to the topic's batching client at once
     /// (in order, so one ordering key keeps its order), then each result is awaited, and a
     /// message whose publish failed for a passing reason is sent again.
     async fn publish_messages(&self, topic: &Topic, messages: Vec<Message>) -> Vec<Result<String>> {
         let inner = &self.backend.inner;
-        let path = match self.backend.ensure_topic(topic).await {
-            Ok(path) => path,
+        let client = match self.topic_client(topic).await {
+            Ok(client) => client,
             Err(e) => return fail_each(&e, messages.len()),
         };
-        let publisher = self.topic_publisher(&path);
         let sending: Vec<Result<Sending>> = messages
             .into_iter()
             .map(|message| {
                 inner.capabilities.check_message(BACKEND, &message)?;
-                let ordering_key = message.ordering_key;
-                let mut pubsub = PubSubMessage::new()
-                    .set_data(message.payload)
-                    .set_attributes(message.attributes);
-                if let Some(key) = &ordering_key {
-                    pubsub = pubsub.set_ordering_key(key.clone());
-                }
-                let result = publisher.publish(pubsub.clone());
-                Ok(Sending {
-                    message: pubsub,
-                    ordering_key,
-                    result,
-                })
+                Ok(send(&client.publisher, message))
             })
             .collect();
-        let limit = Duration::from_millis(inner.config.publish_timeout_ms);
-        let give_up = tokio::time::Instant::now() + limit;
+        let (give_up, limit) = self.deadline();
         let mut results = Vec::with_capacity(sending.len());
         for sending in sending {
             results.push(match sending {
-                Ok(sending) => {
-                    self.confirm(topic, &path, &publisher, sending, give_up, limit)
-                        .await
-                }
+                Ok(sending) => self.confirm(topic, &client, sending, give_up, limit).await,
                 Err(e) => Err(e),
             });
         }
@@ -120,8 +148,7 @@ impl GcpPublisher {
     async fn confirm(
         &self,
         topic: &Topic,
-        path: &str,
-        publisher: &PubSubPublisher,
+        client: &TopicClient,
         sending: Sending,
         give_up: tokio::time::Instant,
         limit: Duration,
@@ -131,6 +158,7 @@ impl GcpPublisher {
             ordering_key,
             mut result,
         } = sending;
+        let (path, publisher) = (&*client.path, &client.publisher);
         let mut pause = Duration::from_millis(50);
         loop {
             let error = match tokio::time::timeout_at(give_up, result).await {
@@ -177,7 +205,11 @@ impl Publisher for GcpPublisher {
             .inner
             .capabilities
             .check_message(BACKEND, &message)?;
-        only_result(self.publish_messages(topic, vec![message]).await)
+        // The batch path for one message, without its vectors.
+        let client = self.topic_client(topic).await?;
+        let sending = send(&client.publisher, message);
+        let (give_up, limit) = self.deadline();
+        self.confirm(topic, &client, sending, give_up, limit).await
     }
 
     /// Every message goes to the topic's batching client before the first result is awaited,
