@@ -280,46 +280,52 @@ macro_rules! forward_subscription {
     };
 }
 
+macro_rules! forward_subscriber {
+    ($handle:ident) => {
+        impl<S: Subscriber + ?Sized> Subscriber for $handle<S> {
+            fn subscribe<'a, 'b, 'c>(
+                &'a self,
+                topic: &'b Topic,
+                options: SubscriptionOptions,
+            ) -> Boxed<'c, Result<Box<dyn Subscription>>>
+            where
+                'a: 'c,
+                'b: 'c,
+                Self: 'c,
+            {
+                (**self).subscribe(topic, options)
+            }
+            fn create_subscription<'a, 'b, 'c>(
+                &'a self,
+                topic: &'b Topic,
+                options: SubscriptionOptions,
+            ) -> Boxed<'c, Result<()>>
+            where
+                'a: 'c,
+                'b: 'c,
+                Self: 'c,
+            {
+                (**self).create_subscription(topic, options)
+            }
+            fn close<'a, 'c>(&'a self) -> Boxed<'c, Result<()>>
+            where
+                'a: 'c,
+                Self: 'c,
+            {
+                (**self).close()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+        }
+    };
+}
+
 use std::sync::Arc;
 
 forward_publisher!(Box);
 forward_publisher!(Arc);
 forward_subscription!(Box);
 forward_subscription!(Arc);
-
-impl<S: Subscriber + ?Sized> Subscriber for Box<S> {
-    fn subscribe<'a, 'b, 'c>(
-        &'a self,
-        topic: &'b Topic,
-        options: SubscriptionOptions,
-    ) -> Boxed<'c, Result<Box<dyn Subscription>>>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        (**self).subscribe(topic, options)
-    }
-    fn create_subscription<'a, 'b, 'c>(
-        &'a self,
-        topic: &'b Topic,
-        options: SubscriptionOptions,
-    ) -> Boxed<'c, Result<()>>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        (**self).create_subscription(topic, options)
-    }
-    fn close<'a, 'c>(&'a self) -> Boxed<'c, Result<()>>
-    where
-        'a: 'c,
-        Self: 'c,
-    {
-        (**self).close()
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-}
+forward_subscriber!(Box);
+forward_subscriber!(Arc);

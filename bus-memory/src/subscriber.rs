@@ -242,13 +242,10 @@ impl SubscriptionState {
     }
 
     /// Waits until up to `max` deliveries can be taken (at least one), or forever, and hands
-    /// them to `deliver`.
+    /// them to `deliver`. Callers try [`take`](Self::take) first: when messages are ready (the
+    /// busy case) they are taken without registering for a wake-up, which costs two more lock
+    /// round trips.
     async fn take_waiting(self: &Arc<Self>, max: usize, mut deliver: impl FnMut(Delivery)) {
-        // When messages are ready (the busy case) they are taken without registering for a
-        // wake-up, which would cost two more lock round trips per call.
-        if self.take(max, &mut deliver).0 > 0 {
-            return;
-        }
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
@@ -347,6 +344,10 @@ impl Subscription for MemorySubscription {
     async fn receive_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let mut batch = Vec::new();
         if max == 0 {
+            return Ok(batch);
+        }
+        self.lifecycle.check_open(BACKEND, "subscription")?;
+        if self.state.take(max, |d| batch.push(d)).0 > 0 {
             return Ok(batch);
         }
         self.lifecycle
