@@ -47,6 +47,12 @@ pub struct MqttConfig {
     pub max_packet_size: u32,
     /// Most unacked messages the broker sends one consumer (MQTT 5 receive maximum). Default 1000.
     pub receive_maximum: u16,
+    /// Most QoS 1 and 2 publishes one connection keeps unconfirmed; more wait their turn (a
+    /// broker's own receive maximum, Mosquitto's `max_inflight_messages`, lowers it further).
+    /// rumqttc keeps a slot for each allowed one for the life of the connection (about 220
+    /// bytes each: 65,535 would be about 14 MiB per connection, and every subscription has a
+    /// connection of its own). Default 1,024.
+    pub max_in_flight_publishes: u16,
     /// How long a publish may take, across reconnects and broker restarts, before it fails with
     /// a retryable error. Default 30 s.
     pub publish_timeout_ms: u64,
@@ -85,6 +91,7 @@ impl Default for MqttConfig {
             keep_alive_secs: 30,
             max_packet_size: 16 * 1024 * 1024,
             receive_maximum: 1000,
+            max_in_flight_publishes: 1024,
             publish_timeout_ms: 30_000,
             connect_timeout_ms: 10_000,
             reconnect_min_ms: 100,
@@ -110,6 +117,7 @@ impl fmt::Debug for MqttConfig {
             .field("keep_alive_secs", &self.keep_alive_secs)
             .field("max_packet_size", &self.max_packet_size)
             .field("receive_maximum", &self.receive_maximum)
+            .field("max_in_flight_publishes", &self.max_in_flight_publishes)
             .field("publish_timeout_ms", &self.publish_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("reconnect_min_ms", &self.reconnect_min_ms)
@@ -173,6 +181,12 @@ impl MqttConfig {
             return Err(Error::config(
                 BACKEND,
                 "mqtt.receive_maximum = 0 is not allowed; use 1 or more (default 1000)",
+            ));
+        }
+        if self.max_in_flight_publishes == 0 {
+            return Err(Error::config(
+                BACKEND,
+                "mqtt.max_in_flight_publishes = 0 would let no publish through; use 1 to 65535 (default 1024)",
             ));
         }
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {

@@ -206,6 +206,7 @@ impl Connection {
             .set_manual_acks(session.manual_acks)
             .set_max_packet_size(Some(config.max_packet_size))
             .set_receive_maximum(Some(config.receive_maximum))
+            .set_outgoing_inflight_upper_limit(config.max_in_flight_publishes)
             .set_connection_timeout(config.connect_timeout_ms.div_ceil(1000).max(1));
         if let Some(will) = session.will.clone() {
             options.set_last_will(will);

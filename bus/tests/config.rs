@@ -407,6 +407,19 @@ fn protocol_limits_and_url_paths_are_checked() {
     let (_, mqtt) = mqtt_section(None, &[("BUS_MQTT__URL", "mqtt://host:1883/path")]).unwrap();
     let err = mqtt.validate().expect_err("a path").to_string();
     assert!(err.contains("has a path"), "not an 'invalid port': {err}");
+    let (_, mqtt) = mqtt_section(None, &[("BUS_MQTT__MAX_IN_FLIGHT_PUBLISHES", "0")]).unwrap();
+    let err = mqtt
+        .validate()
+        .expect_err("no publish in flight")
+        .to_string();
+    assert!(
+        err.contains("mqtt.max_in_flight_publishes = 0") && err.contains("1 to 65535"),
+        "{err}"
+    );
+    let (_, mqtt) = mqtt_section(None, &[("BUS_MQTT__MAX_IN_FLIGHT_PUBLISHES", "65535")]).unwrap();
+    assert_eq!(mqtt.max_in_flight_publishes, 65535);
+    mqtt.validate()
+        .expect("MQTT's largest packet id is allowed");
 }
 
 #[cfg(feature = "mqtt")]
