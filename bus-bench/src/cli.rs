@@ -8,7 +8,7 @@ use bus_testkit::emulator::PubSubEmulator;
 use bus_testkit::mosquitto::Mosquitto;
 use clap::{Subcommand, ValueEnum};
 
-use crate::clients::{self, Broker, MqttVersion};
+use crate::clients::{self, Broker, MqttVersion, RawAcks};
 use crate::measure::{self, median_and_spread, BenchResult, Params, HEADER_BYTES};
 use crate::telemetry_cost::TelemetryMode;
 use crate::{backlog, python, report, scenarios, soak};
@@ -290,6 +290,9 @@ pub enum Client {
     Raw,
     /// rumqttc with MQTT 3.1.1 (mqtt only).
     RawV311,
+    /// rumqttc MQTT 5 acking each message after the consumer recorded it, as bus does (mqtt
+    /// only; `raw` acks on receipt).
+    RawAcked,
     /// The Python client (paho-mqtt, google-cloud-pubsub).
     Python,
     /// bus through its batch API (`--batch`).
@@ -424,10 +427,13 @@ async fn run_client(
         (broker, Client::Bus) => Ok(clients::bus(broker, params).await),
         (Broker::Memory, Client::Raw) => Ok(clients::raw_memory(params).await),
         (Broker::Mqtt { port }, Client::Raw) => {
-            Ok(clients::raw_mqtt(*port, MqttVersion::V5, params).await)
+            Ok(clients::raw_mqtt(*port, MqttVersion::V5, RawAcks::OnReceipt, params).await)
         }
         (Broker::Mqtt { port }, Client::RawV311) => {
-            Ok(clients::raw_mqtt(*port, MqttVersion::V311, params).await)
+            Ok(clients::raw_mqtt(*port, MqttVersion::V311, RawAcks::OnReceipt, params).await)
+        }
+        (Broker::Mqtt { port }, Client::RawAcked) => {
+            Ok(clients::raw_mqtt(*port, MqttVersion::V5, RawAcks::AfterProcessing, params).await)
         }
         (Broker::Mqtt { port }, Client::Python) => {
             let (port, params) = (*port, params.clone());
@@ -456,6 +462,7 @@ fn lineup(backend: Backend, params: &Params, python: bool) -> Vec<(Client, Param
         Backend::Mqtt => vec![
             (Client::Bus, params.clone()),
             (Client::Raw, params.clone()),
+            (Client::RawAcked, params.clone()),
             (Client::RawV311, params.clone()),
         ],
         Backend::Gcp => {

@@ -52,7 +52,13 @@ impl Broker {
                     "mqtt.client_id",
                     format!("bench-{run}"),
                 ))
-                .merge(Serialized::default("mqtt.qos", params.qos)),
+                .merge(Serialized::default("mqtt.qos", params.qos))
+                // At a window of W, bus may keep W publishes unconfirmed, as the raw client
+                // does (bus's default bounds it at 1,024).
+                .merge(Serialized::default(
+                    "mqtt.max_in_flight_publishes",
+                    params.publishers.clamp(1, usize::from(u16::MAX)),
+                )),
             Broker::Gcp { host } => Figment::new()
                 .merge(Serialized::default("backend", "gcp"))
                 .merge(Serialized::default("gcp.project", "bench"))
@@ -429,21 +435,42 @@ pub enum MqttVersion {
     V311,
 }
 
+/// When the raw MQTT consumer acknowledges a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawAcks {
+    /// rumqttc's default: the PUBACK goes out as the message is read, before the consumer has
+    /// it (several in one write), so a consumer that dies loses what it was handed.
+    OnReceipt,
+    /// Manual acks: the PUBACK goes out after the consumer recorded the message, as bus does
+    /// (at least once). rumqttc writes each one in a write of its own.
+    AfterProcessing,
+}
+
 /// Raw rumqttc: one publishing connection (publishes pipelined, confirmations counted from
-/// PUBACKs) and one subscribing connection (automatic acks).
-pub async fn raw_mqtt(port: u16, version: MqttVersion, params: &Params) -> BenchResult {
+/// PUBACKs) and one subscribing connection, acking as `acks` says.
+pub async fn raw_mqtt(
+    port: u16,
+    version: MqttVersion,
+    acks: RawAcks,
+    params: &Params,
+) -> BenchResult {
     let run = run_id();
     let topic = format!("bench/raw/{run}");
     let tracker = Arc::new(Tracker::new(params.messages, "mqtt raw"));
+    let manual_acks = acks == RawAcks::AfterProcessing;
     let (published, delivered) = match version {
-        MqttVersion::V5 => raw_mqtt5(port, &topic, &run, params, &tracker).await,
-        MqttVersion::V311 => raw_mqtt4(port, &topic, &run, params, &tracker).await,
+        MqttVersion::V5 => raw_mqtt5(port, &topic, &run, manual_acks, params, &tracker).await,
+        MqttVersion::V311 => raw_mqtt4(port, &topic, &run, manual_acks, params, &tracker).await,
     };
     let mut result = tracker.finish(("mqtt", "raw"), params, published, delivered);
     result.variant = match version {
         MqttVersion::V5 => format!("rumqttc MQTT 5 QoS {}", params.qos),
         MqttVersion::V311 => format!("rumqttc MQTT 3.1.1 QoS {}", params.qos),
     };
+    if manual_acks {
+        result.client = "raw-acked".into();
+        result.variant.push_str(", acked after processing");
+    }
     result
 }
 
@@ -454,6 +481,7 @@ macro_rules! raw_mqtt_run {
             port: u16,
             topic: &str,
             run: &str,
+            manual_acks: bool,
             params: &Params,
             tracker: &Arc<Tracker>,
         ) -> (Duration, Duration) {
@@ -471,7 +499,9 @@ macro_rules! raw_mqtt_run {
                 options.set_keep_alive(Duration::from_secs(30));
                 options
             };
-            let (subscriber, mut sub_loop) = AsyncClient::new(options("sub"), 1024);
+            let mut sub_options = options("sub");
+            sub_options.set_manual_acks(manual_acks);
+            let (subscriber, mut sub_loop) = AsyncClient::new(sub_options, 1024);
             subscriber.subscribe(topic, qos).await.expect("subscribe");
             loop {
                 if let Ok(Event::Incoming(Incoming::SubAck(_))) = sub_loop.poll().await {
@@ -509,22 +539,57 @@ macro_rules! raw_mqtt_run {
                     }
                 }
             });
-            let consumer = {
-                let tracker = tracker.clone();
-                async move {
-                    let mut latencies = Vec::with_capacity(1024);
-                    while !tracker.complete() {
-                        if let Ok(Event::Incoming(Incoming::Publish(publish))) =
-                            sub_loop.poll().await
-                        {
-                            tracker.record(&publish.payload, &mut latencies);
+            // With manual acks the event loop runs in a task of its own, handing messages to
+            // the consumer, which acks each after recording it: an ack is a request the event
+            // loop must be polled to send, so one task doing both would wait on itself.
+            let mut event_loop = None;
+            let consumer: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                if manual_acks {
+                    let (handed, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+                    event_loop = Some(tokio::spawn(async move {
+                        loop {
+                            match sub_loop.poll().await {
+                                Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                                    if handed.send(publish).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                            }
                         }
-                    }
-                    tracker.flush(&mut latencies);
-                }
-            };
+                    }));
+                    let tracker = tracker.clone();
+                    Box::pin(async move {
+                        let mut latencies = Vec::with_capacity(1024);
+                        while !tracker.complete() {
+                            let Some(publish) = deliveries.recv().await else {
+                                break;
+                            };
+                            tracker.record(&publish.payload, &mut latencies);
+                            subscriber.ack(&publish).await.expect("ack");
+                        }
+                        tracker.flush(&mut latencies);
+                    })
+                } else {
+                    let tracker = tracker.clone();
+                    Box::pin(async move {
+                        let mut latencies = Vec::with_capacity(1024);
+                        while !tracker.complete() {
+                            if let Ok(Event::Incoming(Incoming::Publish(publish))) =
+                                sub_loop.poll().await
+                            {
+                                tracker.record(&publish.payload, &mut latencies);
+                            }
+                        }
+                        tracker.flush(&mut latencies);
+                    })
+                };
             let idle = params.idle_timeout;
             let _ = tokio::time::timeout(idle * 10, consumer).await;
+            if let Some(event_loop) = event_loop {
+                event_loop.abort();
+            }
             let delivered = start.elapsed();
             producer.await.expect("producer");
             let published = confirmations.await.expect("confirmations");

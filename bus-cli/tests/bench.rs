@@ -176,6 +176,29 @@ fn fan_out_counts_every_copy_of_every_message() {
 }
 
 #[test]
+fn the_raw_mqtt_client_that_acks_after_processing_receives_every_message_once() {
+    // Its event loop runs apart from the consumer: in one task, an ack (a request the event
+    // loop must be polled to send) waited on itself once 1,024 were queued.
+    let out = bench(&[
+        "run",
+        "--backend",
+        "mqtt",
+        "--client",
+        "raw-acked",
+        "--messages",
+        "5000",
+        "--publishers",
+        "256",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON object");
+    assert_eq!(line["client"], "raw-acked", "{line}");
+    assert_eq!(line["messages"], 5000, "{line}");
+    assert_eq!(line["lost"], 0, "{line}");
+    assert_eq!(line["duplicates"], 0, "{line}");
+}
+
+#[test]
 fn a_backlog_on_mosquitto_is_held_measured_and_drained_without_a_loss() {
     let out = bench(&[
         "backlog",
