@@ -10,7 +10,7 @@
 //! connection: the broker handles one connection's packets in order, which is what the
 //! publisher's restore barrier builds on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,14 +97,14 @@ type Waiter<T> = oneshot::Sender<Result<T>>;
 /// packet ids first-in first-out.
 struct Waiting<T> {
     unsent: VecDeque<T>,
-    by_pkid: HashMap<u16, T>,
+    by_pkid: crate::FastMap<u16, T>,
 }
 
 impl<T> Default for Waiting<T> {
     fn default() -> Self {
         Waiting {
             unsent: VecDeque::new(),
-            by_pkid: HashMap::new(),
+            by_pkid: crate::FastMap::default(),
         }
     }
 }

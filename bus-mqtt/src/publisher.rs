@@ -71,7 +71,7 @@ struct RegistryState {
     /// Per subscription, the state of each of its sessions (by client id hash).
     sessions: HashMap<SubscriptionKey, HashMap<String, SlotState>>,
     /// Topics whose registered subscriptions all had a member on a connection.
-    verified: HashMap<Topic, Verified>,
+    verified: crate::FastMap<Topic, Verified>,
     /// When a subscription was first found missing, on which connection.
     missing_since: HashMap<SubscriptionKey, (u64, Instant)>,
     /// When each connection began, to bound the registry read.

@@ -392,7 +392,7 @@ pub(crate) struct Consumer {
     states: Mutex<HashMap<String, SlotEntry>>,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
     incoming_tx: mpsc::UnboundedSender<Received>,
-    pub(crate) in_flight: Mutex<HashMap<u64, InFlight>>,
+    pub(crate) in_flight: Mutex<crate::FastMap<u64, InFlight>>,
     next_tag: AtomicU64,
     pub(crate) lifecycle: Lifecycle,
     closing: AtomicBool,
