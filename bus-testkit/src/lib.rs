@@ -30,6 +30,7 @@ pub mod faults;
 pub mod mosquitto;
 pub mod process;
 pub mod program;
+pub mod prometheus;
 
 /// Shows the library's logs in test output (captured per test, like `println!`), filtered by
 /// `RUST_LOG` (default `warn`). Call it first in a test; later calls do nothing.

@@ -6,18 +6,11 @@
 use std::time::Duration;
 
 use bus::{Config, Message, SubscriptionOptions, Topic};
+use bus_testkit::prometheus::sample;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-
-fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{metric}{{")))
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
 
 // One test: the subscriber and the recorder are process-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

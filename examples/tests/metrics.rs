@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bus::{Message, Topic};
 use bus_examples::{DEMO_TOPIC, REPLY_TOPIC};
 use bus_testkit::mosquitto::Mosquitto;
+use bus_testkit::prometheus::sample;
 use common::{BrokerEnv, Example};
 
 /// GET /metrics from `address`.
@@ -26,15 +27,6 @@ fn scrape(address: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
-}
-
-/// The value of the sample of `metric` whose labels include every one of `labels`.
-fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{metric}{{")))
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
