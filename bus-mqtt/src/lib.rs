@@ -39,11 +39,11 @@ pub const RESERVED_PREFIX: &str = "bus:";
 /// The attribute that travels as the MQTT 5 Content Type property.
 pub const CONTENT_TYPE_ATTRIBUTE: &str = bus_core::typed::CONTENT_TYPE_ATTRIBUTE;
 
-/// What this backend supports with `config`.
 /// A map on a path every message takes (packet ids, delivery tags, topics): hashed with
 /// foldhash, not the standard SipHash, which showed in profiles.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// What this backend supports with `config`.
 pub(crate) fn capabilities(config: &MqttConfig) -> Capabilities {
     let mut caps = Capabilities::none();
     caps.fan_out = true;
