@@ -793,8 +793,8 @@ impl Consumer {
         }
     }
 
-    fn deliver(self: &Arc<Self>, mut received: Received) -> Delivery {
-        let (message, id, attempt) = decode(&mut received.publish);
+    fn deliver(self: &Arc<Self>, received: Received) -> Delivery {
+        let (message, id, attempt) = decode(&received.publish);
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.options.ack_deadline;
         let delivery = Delivery::new(
@@ -865,26 +865,25 @@ impl SourceRef<'_> {
     }
 }
 
-/// The message, its id and its attempt number, from an MQTT publish. Payload and properties
-/// are moved out (what is left is enough to PUBACK it).
-fn decode(publish: &mut Publish) -> (Message, Arc<str>, u32) {
-    let mut message = Message::new(std::mem::take(&mut publish.payload));
+/// The message, its id and its attempt number, from an MQTT publish.
+fn decode(publish: &Publish) -> (Message, Arc<str>, u32) {
+    let mut message = Message::new(publish.payload.clone());
     let mut id = None;
     let mut attempt = 1;
     let mut content_type_property = None;
-    if let Some(props) = &mut publish.properties {
-        for (key, value) in std::mem::take(&mut props.user_properties) {
+    if let Some(props) = &publish.properties {
+        for (key, value) in &props.user_properties {
             match key.as_str() {
-                // Straight into the shared id the delivery keeps.
-                ID_PROPERTY => id = Some(Arc::from(value)),
-                KEY_PROPERTY => message.ordering_key = Some(value),
+                // Straight into the shared id the delivery keeps (no `String` on the way).
+                ID_PROPERTY => id = Some(Arc::from(value.as_str())),
+                KEY_PROPERTY => message.ordering_key = Some(value.clone()),
                 ATTEMPT_PROPERTY => attempt = value.parse().unwrap_or(2),
                 _ => {
-                    message.attributes.insert(key, value);
+                    message.attributes.insert(key.clone(), value.clone());
                 }
             }
         }
-        content_type_property = props.content_type.take();
+        content_type_property = props.content_type.clone();
     }
     // The MQTT 5 Content Type property (CloudEvents MQTT binding); older bus versions sent a
     // `content-type` user property, still read above.
