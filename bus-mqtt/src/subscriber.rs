@@ -795,6 +795,7 @@ impl Consumer {
 
     fn deliver(self: &Arc<Self>, received: Received) -> Delivery {
         let (message, id, attempt) = decode(&received.publish);
+        let id: Arc<str> = id.into();
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.options.ack_deadline;
         let delivery = Delivery::new(
@@ -866,7 +867,7 @@ impl SourceRef<'_> {
 }
 
 /// The message, its id and its attempt number, from an MQTT publish.
-fn decode(publish: &Publish) -> (Message, Arc<str>, u32) {
+fn decode(publish: &Publish) -> (Message, String, u32) {
     let mut message = Message::new(publish.payload.clone());
     let mut id = None;
     let mut attempt = 1;
@@ -874,8 +875,7 @@ fn decode(publish: &Publish) -> (Message, Arc<str>, u32) {
     if let Some(props) = &publish.properties {
         for (key, value) in &props.user_properties {
             match key.as_str() {
-                // Straight into the shared id the delivery keeps (no `String` on the way).
-                ID_PROPERTY => id = Some(Arc::from(value.as_str())),
+                ID_PROPERTY => id = Some(value.clone()),
                 KEY_PROPERTY => message.ordering_key = Some(value.clone()),
                 ATTEMPT_PROPERTY => attempt = value.parse().unwrap_or(2),
                 _ => {
@@ -897,10 +897,7 @@ fn decode(publish: &Publish) -> (Message, Arc<str>, u32) {
         attempt = attempt.max(2);
     }
     // Plain MQTT clients send no id: make one up so the delivery still has one.
-    let id = id.unwrap_or_else(|| {
-        let mut text = uuid::Uuid::encode_buffer();
-        Arc::from(&*uuid::Uuid::new_v4().simple().encode_lower(&mut text))
-    });
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     (message, id, attempt)
 }
 
