@@ -113,6 +113,26 @@ impl SubscriptionKey {
         ]
     }
 
+    /// The filters a hand-over takes away from a session that was in `state`, in the order it
+    /// unsubscribes them: the reverse of subscribing, so the probe filter goes first. A
+    /// hand-over cut short between two UNSUBSCRIBEs must never leave a session whose probe
+    /// filter still answers for the subscription while its topic filter is gone: an anchor
+    /// keeps its plain subscriptions across a broker restart, and with only its probe left,
+    /// publishers would take the subscription for protected while every message published
+    /// until a consumer is back missed it. Found on Mosquitto 2.1.2 under restarts; the same
+    /// on every version when a hand-over is cut there (`tests/faults.rs` does it on purpose).
+    pub fn handover_unsubscribes(&self, state: SlotState) -> Vec<String> {
+        let filters = match state {
+            SlotState::Anchor => self.anchor_filters(QoS::AtLeastOnce),
+            _ => self.consumer_filters(QoS::AtLeastOnce),
+        };
+        filters
+            .into_iter()
+            .rev()
+            .map(|filter| filter.path)
+            .collect()
+    }
+
     /// The prefix of its consumers' client ids in a process: `<client_id>-<name>-<topic hash>`.
     pub fn slot_base(&self, client_id: &str) -> String {
         format!("{client_id}-{}-{}", self.name, hex(self.topic.as_str()))
@@ -480,6 +500,24 @@ mod tests {
         let other =
             SubscriptionKey::new(SubscriptionName::new("other").unwrap(), key.topic.clone());
         assert!(!other.owns_client_id(&format!("{base}-0")));
+    }
+
+    #[test]
+    fn a_hand_over_lets_go_of_the_probe_before_the_topic() {
+        let key = key();
+        let share = format!("$share/{}/", key.name);
+        for state in [SlotState::Anchor, SlotState::Left, SlotState::Gone] {
+            let order = key.handover_unsubscribes(state);
+            let position = |topic: &str| {
+                order
+                    .iter()
+                    .position(|filter| filter.strip_prefix(&share).unwrap_or(filter) == topic)
+                    .unwrap_or_else(|| panic!("{state:?}: {topic} not in {order:?}"))
+            };
+            let probe = position(&key.probe_topic());
+            assert!(probe < position(key.topic.as_str()), "{state:?}: {order:?}");
+            assert!(probe < position(&key.retry_topic()), "{state:?}: {order:?}");
+        }
     }
 
     proptest::proptest! {

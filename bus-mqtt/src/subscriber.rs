@@ -692,12 +692,8 @@ impl Consumer {
                 "this consumer's own subscription is not in place; the hand-over waits",
             ));
         }
-        let filters = match drain.state_before {
-            SlotState::Anchor => self.key.anchor_filters(QoS::AtLeastOnce),
-            _ => self.key.consumer_filters(QoS::AtLeastOnce),
-        };
-        for filter in filters {
-            connection.unsubscribe(&filter.path, deadline).await?;
+        for filter in self.key.handover_unsubscribes(drain.state_before) {
+            connection.unsubscribe(&filter, deadline).await?;
         }
         tracing::debug!(consumer = %self.client_id, session = %target, "draining: unsubscribed");
         // Everything the session holds is queued before this marker.
