@@ -789,9 +789,8 @@ impl Consumer {
         }
     }
 
-    fn deliver(self: &Arc<Self>, received: Received) -> Delivery {
-        let (message, id, attempt) = decode(&received.publish);
-        let id: Arc<str> = id.into();
+    fn deliver(self: &Arc<Self>, mut received: Received) -> Delivery {
+        let (message, id, attempt) = decode(&mut received.publish);
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.options.ack_deadline;
         let delivery = Delivery::new(
@@ -862,24 +861,26 @@ impl SourceRef<'_> {
     }
 }
 
-/// The message, its id and its attempt number, from an MQTT publish.
-fn decode(publish: &Publish) -> (Message, String, u32) {
-    let mut message = Message::new(publish.payload.clone());
+/// The message, its id and its attempt number, from an MQTT publish. Payload and properties
+/// are moved out (what is left is enough to PUBACK it).
+fn decode(publish: &mut Publish) -> (Message, Arc<str>, u32) {
+    let mut message = Message::new(std::mem::take(&mut publish.payload));
     let mut id = None;
     let mut attempt = 1;
     let mut content_type_property = None;
-    if let Some(props) = &publish.properties {
-        for (key, value) in &props.user_properties {
+    if let Some(props) = &mut publish.properties {
+        for (key, value) in std::mem::take(&mut props.user_properties) {
             match key.as_str() {
-                ID_PROPERTY => id = Some(value.clone()),
-                KEY_PROPERTY => message.ordering_key = Some(value.clone()),
+                // Straight into the shared id the delivery keeps.
+                ID_PROPERTY => id = Some(Arc::from(value)),
+                KEY_PROPERTY => message.ordering_key = Some(value),
                 ATTEMPT_PROPERTY => attempt = value.parse().unwrap_or(2),
                 _ => {
-                    message.attributes.insert(key.clone(), value.clone());
+                    message.attributes.insert(key, value);
                 }
             }
         }
-        content_type_property = props.content_type.clone();
+        content_type_property = props.content_type.take();
     }
     // The MQTT 5 Content Type property (CloudEvents MQTT binding); older bus versions sent a
     // `content-type` user property, still read above.
@@ -893,7 +894,10 @@ fn decode(publish: &Publish) -> (Message, String, u32) {
         attempt = attempt.max(2);
     }
     // Plain MQTT clients send no id: make one up so the delivery still has one.
-    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let id = id.unwrap_or_else(|| {
+        let mut text = uuid::Uuid::encode_buffer();
+        Arc::from(&*uuid::Uuid::new_v4().simple().encode_lower(&mut text))
+    });
     (message, id, attempt)
 }
 
