@@ -257,7 +257,8 @@ pub struct Common {
     /// MQTT QoS.
     #[arg(long, default_value_t = 1)]
     qos: u8,
-    /// Streaming pulls per bus-gcp consumer.
+    /// Streaming pulls per consumer: bus-gcp's, and the raw google-cloud-pubsub client's
+    /// (`compare` runs raw with one stream, the baseline, and with this many when not 1).
     #[arg(long, default_value_t = 4)]
     streams: usize,
     /// Also measure bus through its batch API, this many messages per `publish_batch` and
@@ -468,9 +469,15 @@ fn lineup(backend: Backend, params: &Params, python: bool) -> Vec<(Client, Param
         Backend::Gcp => {
             let mut one_stream = params.clone();
             one_stream.streams = 1;
-            let mut lineup = vec![(Client::Bus, params.clone()), (Client::Raw, params.clone())];
+            // The goal's baseline is one raw stream; with more streams, raw with as many
+            // streams as bus shows what this machine and broker allow.
+            let mut lineup = vec![
+                (Client::Bus, params.clone()),
+                (Client::Raw, one_stream.clone()),
+            ];
             if params.streams != 1 {
                 lineup.insert(1, (Client::Bus, one_stream));
+                lineup.push((Client::Raw, params.clone()));
             }
             lineup
         }
@@ -493,13 +500,13 @@ fn lineup(backend: Backend, params: &Params, python: bool) -> Vec<(Client, Param
 /// Every client of the lineup, interleaved: after one warm-up run each, `runs` rounds in which
 /// each client runs once, in an order that rotates from round to round (so drift on a shared
 /// machine lands on every client alike). Returns each client's median with its spread, and
-/// per round the end-to-end rate of each client.
+/// per round the publish and end-to-end rates of each client.
 async fn compare(
     common: &Common,
     runs: usize,
     python: bool,
     windows: &[usize],
-) -> Result<(Vec<BenchResult>, Vec<Vec<f64>>), String> {
+) -> Result<(Vec<BenchResult>, Vec<Vec<Rates>>), String> {
     let params = common.params()?;
     if windows.contains(&0) {
         return Err("--windows: every window must be at least 1".into());
@@ -531,12 +538,15 @@ async fn compare(
     let mut measured: Vec<Vec<BenchResult>> = vec![Vec::new(); lineup.len()];
     let mut rounds = Vec::new();
     for round in 0..runs.max(1) {
-        let mut rates = vec![0.0; lineup.len()];
+        let mut rates = vec![Rates::default(); lineup.len()];
         for step in 0..lineup.len() {
             let which = (round + step) % lineup.len();
             let (client, params) = &lineup[which];
             let result = run_client(&broker, *client, params).await?;
-            rates[which] = result.e2e_msgs_per_s;
+            rates[which] = Rates {
+                publish: result.publish_msgs_per_s,
+                end_to_end: result.e2e_msgs_per_s,
+            };
             measured[which].push(result);
         }
         rounds.push(rates);
@@ -547,9 +557,27 @@ async fn compare(
     ))
 }
 
-/// Per round, bus's end-to-end rate over each other client's at the same window: the median
-/// and the spread.
-fn round_ratios(results: &[BenchResult], rounds: &[Vec<f64>]) -> String {
+/// One client's rates in one round, msgs/s.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rates {
+    publish: f64,
+    end_to_end: f64,
+}
+
+impl Rates {
+    /// The publish rate, or the end-to-end rate.
+    fn of(&self, publish: bool) -> f64 {
+        if publish {
+            self.publish
+        } else {
+            self.end_to_end
+        }
+    }
+}
+
+/// Per round, bus's rates over each other client's at the same window, end to end and
+/// publishing: the median and the spread.
+fn round_ratios(results: &[BenchResult], rounds: &[Vec<Rates>]) -> String {
     let mut text = String::new();
     let is_bus = |r: &BenchResult| r.client.starts_with("bus");
     for (bus, ours) in results.iter().enumerate().filter(|(_, r)| is_bus(r)) {
@@ -558,15 +586,19 @@ fn round_ratios(results: &[BenchResult], rounds: &[Vec<f64>]) -> String {
             .enumerate()
             .filter(|(_, r)| !is_bus(r) && (r.in_flight == ours.in_flight || r.in_flight == 0))
         {
-            let ratios: Vec<f64> = rounds
-                .iter()
-                .map(|rates| rates[bus] / rates[other].max(f64::MIN_POSITIVE))
-                .collect();
-            let (median, low, high) = median_and_spread(ratios);
-            text.push_str(&format!(
-                "per round, {} ({}) / {} ({}) end to end at {} in flight: median {median:.2}x (min {low:.2}, max {high:.2})\n",
-                ours.client, ours.variant, result.client, result.variant, ours.in_flight
-            ));
+            for (phase, publish) in [("end to end", false), ("publish", true)] {
+                let ratios: Vec<f64> = rounds
+                    .iter()
+                    .map(|rates| {
+                        rates[bus].of(publish) / rates[other].of(publish).max(f64::MIN_POSITIVE)
+                    })
+                    .collect();
+                let (median, low, high) = median_and_spread(ratios);
+                text.push_str(&format!(
+                    "per round, {} ({}) / {} ({}) {phase} at {} in flight: median {median:.2}x (min {low:.2}, max {high:.2})\n",
+                    ours.client, ours.variant, result.client, result.variant, ours.in_flight
+                ));
+            }
         }
     }
     text

@@ -25,7 +25,7 @@ pub struct Params {
     pub consumers: usize,
     /// MQTT quality of service.
     pub qos: u8,
-    /// Streaming pulls per bus-gcp consumer.
+    /// Streaming pulls per consumer (bus-gcp, raw google-cloud-pubsub).
     pub streams: usize,
     /// Give up waiting after this long without a new message (the rest count as lost).
     pub idle_timeout: Duration,
