@@ -107,6 +107,48 @@ fn compare_at_several_windows_reports_each_clients_best_and_same_window_ratios()
         out.contains("at its best / raw"),
         "no best-window ratio:\n{out}"
     );
+    assert!(
+        out.contains("publish at 64 in flight"),
+        "no per-round publish ratio:\n{out}"
+    );
+}
+
+#[test]
+fn compare_on_pubsub_with_streams_runs_raw_with_one_stream_and_with_as_many_as_bus() {
+    let out = bench(&[
+        "compare",
+        "--backend",
+        "gcp",
+        "--messages",
+        "1000",
+        "--streams",
+        "2",
+        "--runs",
+        "1",
+        "--no-python",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let variants: Vec<_> = lines
+        .iter()
+        .map(|l| l["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        variants,
+        [
+            "bus-gcp, 2 stream(s)",
+            "bus-gcp, 1 stream(s)",
+            "google-cloud-pubsub, 1 stream(s)",
+            "google-cloud-pubsub, 2 stream(s)",
+        ]
+    );
+    for line in &lines {
+        assert_eq!(line["lost"], 0, "{line}");
+        assert_eq!(line["messages"], 1000, "{line}");
+    }
 }
 
 #[test]
