@@ -323,17 +323,8 @@ async fn across(
             })
         })
         .collect();
-    for task in publishers {
-        task.await.expect("publisher task");
-    }
-    let published = start.elapsed();
-    wait_until(
-        || tracker.complete(),
-        || tracker.distinct(),
-        params.idle_timeout,
-    )
-    .await;
-    let delivered = start.elapsed();
+    let (published, delivered) =
+        published_and_delivered(start, publishers, &tracker, params.idle_timeout).await;
     for (_, consumer) in &consumers {
         let _ = consumer.close().await;
     }
@@ -351,6 +342,22 @@ async fn across(
     }
     let _ = connection.close().await;
     tracker.finish((to.backend(), "bus"), params, published, delivered)
+}
+
+/// Awaits every publishing task, then every message (or `idle` without progress): how long
+/// after `start` the last publish was confirmed and the last message arrived.
+async fn published_and_delivered(
+    start: Instant,
+    publishers: Vec<tokio::task::JoinHandle<()>>,
+    tracker: &Tracker,
+    idle: Duration,
+) -> (Duration, Duration) {
+    for task in publishers {
+        task.await.expect("publisher task");
+    }
+    let published = start.elapsed();
+    wait_until(|| tracker.complete(), || tracker.distinct(), idle).await;
+    (published, start.elapsed())
 }
 
 /// Receives and acks on `consumer` until `tracker` has every message, recording each delivery
@@ -688,17 +695,8 @@ pub async fn raw_gcp(host: &str, params: &Params) -> BenchResult {
             })
         })
         .collect();
-    for task in publishers {
-        task.await.expect("publisher task");
-    }
-    let published = start.elapsed();
-    wait_until(
-        || tracker.complete(),
-        || tracker.distinct(),
-        params.idle_timeout,
-    )
-    .await;
-    let delivered = start.elapsed();
+    let (published, delivered) =
+        published_and_delivered(start, publishers, &tracker, params.idle_timeout).await;
     for shutdown in &shutdowns {
         shutdown.shutdown().await;
     }

@@ -18,6 +18,14 @@ fn bench(args: &[&str]) -> String {
     stdout
 }
 
+/// The JSON objects among `out`'s lines.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 #[test]
 fn compare_on_memory_prints_one_json_line_per_client() {
     let out = bench(&[
@@ -32,10 +40,7 @@ fn compare_on_memory_prints_one_json_line_per_client() {
         "1",
         "--json",
     ]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&out);
     let clients: Vec<_> = lines
         .iter()
         .map(|l| l["client"].as_str().unwrap())
@@ -65,10 +70,7 @@ fn compare_on_memory_prints_one_json_line_per_client() {
 #[test]
 fn a_burst_to_a_stalled_consumer_loses_nothing_with_the_shipped_mosquitto_config() {
     let out = bench(&["loss-check", "--messages", "5000", "--json"]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines[0]["lost"], 0, "shipped config: {}", lines[0]);
     assert_eq!(lines[0]["delivered"], 5000);
     // Mosquitto's default limit drops what does not fit its queue: the check can see loss.
@@ -128,10 +130,7 @@ fn compare_on_pubsub_with_streams_runs_raw_with_one_stream_and_with_as_many_as_b
         "--no-python",
         "--json",
     ]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&out);
     let variants: Vec<_> = lines
         .iter()
         .map(|l| l["variant"].as_str().unwrap())
@@ -169,11 +168,7 @@ fn compare_with_batches_runs_the_one_by_one_clients_at_their_own_window() {
         "16",
         "--json",
     ]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = json_lines(&out);
     let window = |client: &str| {
         lines
             .iter()
