@@ -36,7 +36,9 @@ pub mod mock;
 pub use backend::Backend;
 pub use capabilities::Capabilities;
 pub use error::{printable, Error, ErrorKind, Result, CORE};
-pub use message::{ack_all, nack_all, Acker, Attributes, Delivery, DeliveryHandle, Message};
+pub use message::{
+    ack_all, nack_all, Acker, Attributes, BatchAcker, Delivery, DeliveryHandle, Message,
+};
 pub use names::{SubscriptionName, Topic, MAX_NAME_LEN};
 pub use options::{
     DeadLetterPolicy, SubscriptionOptions, DEFAULT_ACK_DEADLINE, DEFAULT_MAX_DELIVERY_ATTEMPTS,

@@ -119,6 +119,48 @@ pub trait Acker: Send + Sync + 'static {
     async fn nack(&self) -> Result<()>;
 }
 
+/// Settles the deliveries of one subscription by a tag the backend gave each of them, one at a
+/// time or many in one step. Implemented by backends whose broker settles many deliveries at
+/// once: one acker is shared by all the deliveries it settles (made with
+/// [`Delivery::tagged`]), so a delivery costs no acker of its own, and [`ack_all`] /
+/// [`nack_all`] hand each acker its deliveries' tags together.
+///
+/// Implementations must be idempotent per tag, as [`Acker`]'s are.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait BatchAcker: Send + Sync + 'static {
+    /// Acks (`ack`) or nacks the delivery `tag`.
+    async fn settle(&self, tag: u64, ack: bool) -> Result<()>;
+
+    /// Acks (`ack`) or nacks every delivery of `tags`, in order, and returns one result per
+    /// tag. The default settles one after the other; backends override it to settle the
+    /// whole batch in one step.
+    async fn settle_all(&self, tags: &[u64], ack: bool) -> Vec<Result<()>> {
+        let mut results = Vec::with_capacity(tags.len());
+        for tag in tags {
+            results.push(self.settle(*tag, ack).await);
+        }
+        results
+    }
+}
+
+/// How one delivery is settled: by an acker of its own, or by its tag through an acker shared
+/// with the other deliveries of its subscription.
+enum Settler {
+    Own(Box<dyn Acker>),
+    Tagged(Arc<dyn BatchAcker>, u64),
+}
+
+impl Settler {
+    async fn settle(&self, ack: bool) -> Result<()> {
+        match self {
+            Settler::Own(acker) if ack => acker.ack().await,
+            Settler::Own(acker) => acker.nack().await,
+            Settler::Tagged(acker, tag) => acker.settle(*tag, ack).await,
+        }
+    }
+}
+
 /// One delivery of a message to a consumer.
 ///
 /// Delivery is at-least-once: settle every delivery with [`ack`](Delivery::ack) (done) or
@@ -130,7 +172,7 @@ pub struct Delivery {
     id: Arc<str>,
     attempt: u32,
     topic: Topic,
-    acker: Box<dyn Acker>,
+    settler: Settler,
     span: tracing::Span,
     /// The telemetry layer's part in settling (none without the layer).
     settlement: Option<Settlement>,
@@ -146,12 +188,41 @@ impl Delivery {
         topic: Topic,
         acker: Box<dyn Acker>,
     ) -> Self {
-        Delivery {
+        Self::settled_by(message, id.into(), attempt, topic, Settler::Own(acker))
+    }
+
+    /// Made by backends whose deliveries share one [`BatchAcker`]: as [`new`](Self::new), but
+    /// settled through `acker` by `tag`.
+    pub fn tagged(
+        message: Message,
+        id: impl Into<Arc<str>>,
+        attempt: u32,
+        topic: Topic,
+        acker: Arc<dyn BatchAcker>,
+        tag: u64,
+    ) -> Self {
+        Self::settled_by(
             message,
-            id: id.into(),
+            id.into(),
             attempt,
             topic,
-            acker,
+            Settler::Tagged(acker, tag),
+        )
+    }
+
+    fn settled_by(
+        message: Message,
+        id: Arc<str>,
+        attempt: u32,
+        topic: Topic,
+        settler: Settler,
+    ) -> Self {
+        Delivery {
+            message,
+            id,
+            attempt,
+            topic,
+            settler,
             span: tracing::Span::none(),
             settlement: None,
         }
@@ -217,13 +288,13 @@ impl Delivery {
 
     /// Marks the message done: it is not delivered again on this subscription.
     pub async fn ack(self) -> Result<()> {
-        settle(&*self.acker, self.settlement, true).await
+        settle(&self.settler, self.settlement, true).await
     }
 
     /// Asks for redelivery (attempt + 1). After the subscription's `max_delivery_attempts` the
     /// message goes to its dead-letter topic, if one is configured.
     pub async fn nack(self) -> Result<()> {
-        settle(&*self.acker, self.settlement, false).await
+        settle(&self.settler, self.settlement, false).await
     }
 
     /// Splits the delivery into its message and a handle that can still settle it, for code
@@ -233,7 +304,7 @@ impl Delivery {
             id: self.id,
             attempt: self.attempt,
             topic: self.topic,
-            acker: self.acker,
+            settler: self.settler,
             span: self.span,
             settlement: self.settlement,
         };
@@ -258,7 +329,7 @@ pub struct DeliveryHandle {
     id: Arc<str>,
     attempt: u32,
     topic: Topic,
-    acker: Box<dyn Acker>,
+    settler: Settler,
     span: tracing::Span,
     settlement: Option<Settlement>,
 }
@@ -286,12 +357,12 @@ impl DeliveryHandle {
 
     /// See [`Delivery::ack`].
     pub async fn ack(self) -> Result<()> {
-        settle(&*self.acker, self.settlement, true).await
+        settle(&self.settler, self.settlement, true).await
     }
 
     /// See [`Delivery::nack`].
     pub async fn nack(self) -> Result<()> {
-        settle(&*self.acker, self.settlement, false).await
+        settle(&self.settler, self.settlement, false).await
     }
 
     /// Joins the message back into a [`Delivery`].
@@ -301,7 +372,7 @@ impl DeliveryHandle {
             id: self.id,
             attempt: self.attempt,
             topic: self.topic,
-            acker: self.acker,
+            settler: self.settler,
             span: self.span,
             settlement: self.settlement,
         }
@@ -318,25 +389,236 @@ impl fmt::Debug for DeliveryHandle {
     }
 }
 
-/// Settles through `acker`, and through the telemetry layer's `settlement` when there is one.
-async fn settle(acker: &dyn Acker, settlement: Option<Settlement>, ack: bool) -> Result<()> {
+/// Settles through `settler`, and through the telemetry layer's `settlement` when there is one.
+async fn settle(settler: &Settler, settlement: Option<Settlement>, ack: bool) -> Result<()> {
     match settlement {
-        Some(settlement) => settlement.settle(acker, ack).await,
-        None if ack => acker.ack().await,
-        None => acker.nack().await,
+        Some(settlement) => settlement.settle(ack, settler.settle(ack)).await,
+        None => settler.settle(ack).await,
     }
 }
 
-/// Acks every delivery of `deliveries` at once (the backends send the acks together: one
-/// request for several on Pub/Sub, back to back on MQTT) and returns one result per delivery,
-/// in order. Nothing else is acked: deliveries of the same batch that are not passed here stay
-/// unsettled.
+/// Acks every delivery of `deliveries` at once and returns one result per delivery, in order.
+/// Deliveries that share a [`BatchAcker`] are settled in one step per acker (the in-memory
+/// broker takes its lock once); the others are settled concurrently, which the backends turn
+/// into few requests (one for several on Pub/Sub, back to back on MQTT). Nothing else is
+/// acked: deliveries of the same batch that are not passed here stay unsettled.
 pub async fn ack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Vec<Result<()>> {
-    futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await
+    settle_all(deliveries, true).await
 }
 
 /// Nacks every delivery of `deliveries` at once; one result per delivery, in order (see
 /// [`ack_all`]).
 pub async fn nack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Vec<Result<()>> {
-    futures::future::join_all(deliveries.into_iter().map(Delivery::nack)).await
+    settle_all(deliveries, false).await
+}
+
+/// The deliveries of one [`BatchAcker`] in a call to [`settle_all`].
+struct Group {
+    acker: Arc<dyn BatchAcker>,
+    tags: Vec<u64>,
+    /// Each delivery's place in the results, and the telemetry layer's part in settling it.
+    members: Vec<(usize, Option<Settlement>)>,
+}
+
+async fn settle_all(deliveries: impl IntoIterator<Item = Delivery>, ack: bool) -> Vec<Result<()>> {
+    let deliveries = deliveries.into_iter();
+    // Sized for the usual batch: one subscription's deliveries.
+    let expected = deliveries.size_hint().0;
+    let mut groups: Vec<Group> = Vec::new();
+    let mut own = Vec::new();
+    let mut count = 0;
+    for (index, delivery) in deliveries.enumerate() {
+        count += 1;
+        match delivery.settler {
+            Settler::Tagged(acker, tag) => {
+                // A batch comes from a few subscriptions at most: a linear search is enough.
+                let at = groups.iter().position(|group| {
+                    std::ptr::addr_eq(Arc::as_ptr(&group.acker), Arc::as_ptr(&acker))
+                });
+                let at = at.unwrap_or_else(|| {
+                    let capacity = expected.saturating_sub(index);
+                    groups.push(Group {
+                        acker,
+                        tags: Vec::with_capacity(capacity),
+                        members: Vec::with_capacity(capacity),
+                    });
+                    groups.len() - 1
+                });
+                let group = &mut groups[at];
+                group.tags.push(tag);
+                group.members.push((index, delivery.settlement));
+            }
+            settler => own.push((index, settler, delivery.settlement)),
+        }
+    }
+    let mut results: Vec<Option<Result<()>>> =
+        std::iter::repeat_with(|| None).take(count).collect();
+    let own = futures::future::join_all(
+        own.into_iter()
+            .map(|(index, settler, settlement)| async move {
+                (index, settle(&settler, settlement, ack).await)
+            }),
+    );
+    let grouped = futures::future::join_all(groups.into_iter().map(|group| async move {
+        let recordings: Vec<_> = group
+            .members
+            .into_iter()
+            .map(|(index, settlement)| (index, settlement.map(|s| s.start(ack))))
+            .collect();
+        let settled = group.acker.settle_all(&group.tags, ack).await;
+        let mut settled = settled.into_iter();
+        recordings
+            .into_iter()
+            .map(|(index, recording)| {
+                // A backend that returned too few results failed the rest.
+                let result = settled.next().unwrap_or_else(|| {
+                    Err(crate::Error::new(
+                        crate::ErrorKind::Internal,
+                        crate::CORE,
+                        "the acker returned fewer results than deliveries",
+                    ))
+                });
+                if let Some(recording) = recording {
+                    recording.finish(&result);
+                }
+                (index, result)
+            })
+            .collect::<Vec<_>>()
+    }));
+    let (own, grouped) = futures::future::join(own, grouped).await;
+    for (index, result) in own.into_iter().chain(grouped.into_iter().flatten()) {
+        results[index] = Some(result);
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                Err(crate::Error::new(
+                    crate::ErrorKind::Internal,
+                    crate::CORE,
+                    "a delivery was not settled",
+                ))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{Error, ErrorKind};
+
+    /// A shared acker that records each call and fails the tags in `failing`.
+    #[derive(Default)]
+    struct RecordingAcker {
+        calls: Mutex<Vec<(Vec<u64>, bool)>>,
+        failing: Vec<u64>,
+    }
+
+    #[async_trait]
+    impl BatchAcker for RecordingAcker {
+        async fn settle(&self, tag: u64, ack: bool) -> Result<()> {
+            self.calls.lock().unwrap().push((vec![tag], ack));
+            self.outcome(tag)
+        }
+
+        async fn settle_all(&self, tags: &[u64], ack: bool) -> Vec<Result<()>> {
+            self.calls.lock().unwrap().push((tags.to_vec(), ack));
+            tags.iter().map(|tag| self.outcome(*tag)).collect()
+        }
+    }
+
+    impl RecordingAcker {
+        fn outcome(&self, tag: u64) -> Result<()> {
+            if self.failing.contains(&tag) {
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "test",
+                    format!("tag {tag}"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn tagged(acker: &Arc<RecordingAcker>, tag: u64) -> Delivery {
+        let topic = Topic::new("t").unwrap();
+        Delivery::tagged(
+            Message::new("m"),
+            tag.to_string(),
+            1,
+            topic,
+            acker.clone(),
+            tag,
+        )
+    }
+
+    /// A delivery's own acker, recording its name when it is acked.
+    struct NamedAcker {
+        name: &'static str,
+        acked: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    #[async_trait]
+    impl Acker for NamedAcker {
+        async fn ack(&self) -> Result<()> {
+            self.acked.lock().unwrap().push(self.name);
+            Ok(())
+        }
+
+        async fn nack(&self) -> Result<()> {
+            panic!("{} was nacked", self.name)
+        }
+    }
+
+    fn own(acked: &Arc<Mutex<Vec<&'static str>>>, name: &'static str) -> Delivery {
+        let acker = NamedAcker {
+            name,
+            acked: acked.clone(),
+        };
+        let topic = Topic::new("t").unwrap();
+        Delivery::new(Message::new("m"), name, 1, topic, Box::new(acker))
+    }
+
+    #[tokio::test]
+    async fn ack_all_settles_each_shared_ackers_deliveries_in_one_call_and_keeps_their_order() {
+        let first = Arc::new(RecordingAcker {
+            failing: vec![3],
+            ..RecordingAcker::default()
+        });
+        let second = Arc::new(RecordingAcker::default());
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let batch = vec![
+            tagged(&first, 1),
+            own(&acked, "own"),
+            tagged(&second, 7),
+            tagged(&first, 3),
+            tagged(&second, 8),
+            tagged(&first, 2),
+        ];
+        let results = ack_all(batch).await;
+        let failed: Vec<bool> = results.iter().map(Result::is_err).collect();
+        assert_eq!(failed, [false, false, false, true, false, false]);
+        assert_eq!(*first.calls.lock().unwrap(), [(vec![1, 3, 2], true)]);
+        assert_eq!(*second.calls.lock().unwrap(), [(vec![7, 8], true)]);
+        assert_eq!(*acked.lock().unwrap(), ["own"]);
+    }
+
+    #[tokio::test]
+    async fn nack_all_nacks_and_a_tagged_delivery_settles_alone_by_its_tag() {
+        let acker = Arc::new(RecordingAcker::default());
+        let results = nack_all(vec![tagged(&acker, 4), tagged(&acker, 5)]).await;
+        assert!(results.iter().all(Result::is_ok));
+        tagged(&acker, 6).ack().await.unwrap();
+        let (message, handle) = tagged(&acker, 9).into_parts();
+        handle.into_delivery(message).nack().await.unwrap();
+        assert_eq!(
+            *acker.calls.lock().unwrap(),
+            [(vec![4, 5], false), (vec![6], true), (vec![9], false)]
+        );
+        assert!(ack_all(Vec::new()).await.is_empty());
+    }
 }

@@ -37,5 +37,5 @@
 //! # }
 //! ```
 
-pub use crate::message::MockAcker;
+pub use crate::message::{MockAcker, MockBatchAcker};
 pub use crate::traits::{MockPublisher, MockSubscriber, MockSubscription};

@@ -9,55 +9,62 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bus_core::{Acker, Result};
+use bus_core::{BatchAcker, Result};
 
 use crate::subscriber::{Queue, Queued, SubscriptionState};
 use crate::{lock, MemoryBackend, BACKEND};
 
-/// Settles one delivery.
-pub(crate) struct MemoryAcker {
-    subscription: Arc<SubscriptionState>,
-    tag: u64,
-}
-
-impl MemoryAcker {
-    pub(crate) fn new(subscription: Arc<SubscriptionState>, tag: u64) -> Self {
-        MemoryAcker { subscription, tag }
-    }
-}
-
+/// Every delivery of a subscription is settled through the subscription itself, by its tag: a
+/// batch takes the queue lock once and gives its room back in one step.
 #[async_trait]
-impl Acker for MemoryAcker {
-    async fn ack(&self) -> Result<()> {
-        self.subscription.settle(self.tag, true);
+impl BatchAcker for SubscriptionState {
+    async fn settle(&self, tag: u64, ack: bool) -> Result<()> {
+        let acked = self.settle_tag(&mut lock(&self.queue), tag, ack);
+        if let Some(acked) = acked {
+            self.release(acked.message.weight);
+        }
         Ok(())
     }
 
-    async fn nack(&self) -> Result<()> {
-        self.subscription.settle(self.tag, false);
-        Ok(())
+    async fn settle_all(&self, tags: &[u64], ack: bool) -> Vec<Result<()>> {
+        let mut acked: Vec<Queued> = Vec::with_capacity(if ack { tags.len() } else { 0 });
+        {
+            let mut queue = lock(&self.queue);
+            acked.extend(
+                tags.iter()
+                    .filter_map(|tag| self.settle_tag(&mut queue, *tag, ack)),
+            );
+        }
+        let freed = acked
+            .iter()
+            .map(|queued| queued.message.weight as usize)
+            .sum();
+        if freed > 0 {
+            self.release_bytes(freed);
+        }
+        tags.iter().map(|_| Ok(())).collect()
     }
 }
 
 impl SubscriptionState {
-    fn settle(self: &Arc<Self>, tag: u64, ack: bool) {
-        let mut queue = lock(&self.queue);
+    /// Settles the delivery `tag` and returns the message it acked, for the caller to free its
+    /// room and drop it once the lock is released: freeing can wait for the allocator, and
+    /// publishers wait for this lock.
+    fn settle_tag(&self, queue: &mut Queue, tag: u64, ack: bool) -> Option<Queued> {
         // A delivery that already expired (or was settled) is no longer in flight: nothing to do.
-        let Some(in_flight) = queue.take_in_flight(tag) else {
-            return;
-        };
+        let in_flight = queue.take_in_flight(tag)?;
         if ack {
-            self.release_key(&mut queue, &in_flight.queued);
-            drop(queue);
-            self.release(in_flight.queued.message.weight);
+            self.release_key(queue, &in_flight.queued);
+            Some(in_flight.queued)
         } else {
-            self.retry_or_dead_letter(&mut queue, in_flight.queued);
+            self.retry_or_dead_letter(queue, in_flight.queued);
+            None
         }
     }
 
     /// A delivery failed (nack or expired): queue it again in front, or hand it to the
     /// dead-letter task when it has used its attempts.
-    pub(crate) fn retry_or_dead_letter(self: &Arc<Self>, queue: &mut Queue, queued: Queued) {
+    pub(crate) fn retry_or_dead_letter(&self, queue: &mut Queue, queued: Queued) {
         let exhausted = self
             .options
             .dead_letter
@@ -94,9 +101,12 @@ impl SubscriptionState {
         }
     }
 
-    fn start_dead_lettering(self: &Arc<Self>) {
-        if !self.dead_letter_running.swap(true, Ordering::AcqRel) {
-            tokio::spawn(dead_letter(self.clone()));
+    fn start_dead_lettering(&self) {
+        // The subscription is alive while it settles, so the upgrade succeeds.
+        if let Some(state) = self.this.upgrade() {
+            if !self.dead_letter_running.swap(true, Ordering::AcqRel) {
+                tokio::spawn(dead_letter(state));
+            }
         }
     }
 }

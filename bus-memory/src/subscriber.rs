@@ -14,7 +14,6 @@ use bus_core::{
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::acks::MemoryAcker;
 use crate::connect::BrokerInner;
 use crate::publisher::StoredMessage;
 use crate::{lock, read, write, MemoryBackend, BACKEND};
@@ -51,6 +50,8 @@ pub(crate) struct InFlight {
 pub(crate) struct SubscriptionState {
     /// Weak: the broker owns its subscriptions, not the other way round.
     pub broker: Weak<BrokerInner>,
+    /// Itself, for the dead-letter task it starts while settling through `&self`.
+    pub this: Weak<SubscriptionState>,
     pub options: SubscriptionOptions,
     pub queue: Mutex<Queue>,
     /// Signalled when a message becomes ready.
@@ -93,10 +94,11 @@ impl Queue {
 }
 
 impl SubscriptionState {
-    fn new(broker: &MemoryBackend, options: SubscriptionOptions) -> Self {
+    fn new(broker: &MemoryBackend, options: SubscriptionOptions) -> Arc<Self> {
         let max_queued_bytes = broker.inner.config.max_queued_bytes;
-        SubscriptionState {
+        Arc::new_cyclic(|this| SubscriptionState {
             broker: Arc::downgrade(&broker.inner),
+            this: this.clone(),
             options,
             queue: Mutex::default(),
             ready: Notify::new(),
@@ -104,7 +106,7 @@ impl SubscriptionState {
             max_queued_bytes,
             dead: Mutex::default(),
             dead_letter_running: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Waits for `weight` bytes of room, for at most `timeout`.
@@ -136,7 +138,12 @@ impl SubscriptionState {
 
     /// Gives `weight` bytes of room back.
     pub fn release(&self, weight: u32) {
-        self.room.add_permits(weight as usize);
+        self.release_bytes(weight as usize);
+    }
+
+    /// Gives `bytes` of room back.
+    pub fn release_bytes(&self, bytes: usize) {
+        self.room.add_permits(bytes);
     }
 
     /// Reserves `weight` bytes if the room is there now.
@@ -215,12 +222,13 @@ impl SubscriptionState {
             };
             queued.deliveries += 1;
             let tag = queue.first_tag + queue.in_flight.len() as u64;
-            deliver(Delivery::new(
+            deliver(Delivery::tagged(
                 queued.message.message.clone(),
                 queued.message.id.clone(),
                 queued.deliveries,
                 queued.message.topic.clone(),
-                Box::new(MemoryAcker::new(self.clone(), tag)),
+                self.clone(),
+                tag,
             ));
             queue
                 .in_flight
@@ -282,7 +290,7 @@ impl Subscriber for MemorySubscriber {
         let mut subscriptions = write(&topic_state.subscriptions);
         let state = subscriptions
             .entry(options.name.as_str().to_string())
-            .or_insert_with(|| Arc::new(SubscriptionState::new(&self.broker, options.clone())))
+            .or_insert_with(|| SubscriptionState::new(&self.broker, options.clone()))
             .clone();
         if read(&topic_state.fan_out).len() != subscriptions.len() {
             *write(&topic_state.fan_out) = subscriptions.values().cloned().collect();

@@ -96,6 +96,7 @@ async fn nacks_redeliveries_dead_letters_and_decode_errors_are_recorded() {
     for (metric, labels, value) in [
         ("bus_messages_published_total", r#"outcome="ok""#, 3.0),
         ("bus_messages_acked_total", r#"subscription="batcher""#, 3.0),
+        ("bus_messages_in_flight", r#"subscription="batcher""#, 0.0),
     ] {
         assert_eq!(
             sample(&text, metric, &[r#"topic="batches""#, labels]),

@@ -12,7 +12,7 @@ use tracing::{Instrument, Span};
 use super::sampling::sample_root;
 use super::*;
 use crate::{
-    Acker, Backend, Capabilities, Delivery, Message, Publisher, Result, Subscriber, Subscription,
+    Backend, Capabilities, Delivery, Message, Publisher, Result, Subscriber, Subscription,
     SubscriptionOptions, Topic,
 };
 
@@ -442,9 +442,25 @@ pub(crate) struct Settlement {
 }
 
 impl Settlement {
-    /// Acks (or nacks) through `acker`, the backend's.
-    pub(crate) async fn settle(mut self, acker: &dyn Acker, ack: bool) -> Result<()> {
-        let t = self.telemetry.clone();
+    /// Settles through `settling` (the backend's ack, or nack when not `ack`), recorded.
+    pub(crate) async fn settle(
+        self,
+        ack: bool,
+        settling: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let recording = self.start(ack);
+        let result = match &recording.span {
+            Some(span) => settling.instrument(span.clone()).await,
+            None => settling.await,
+        };
+        recording.finish(&result);
+        result
+    }
+
+    /// Starts recording a settlement that the caller carries out (alone or in a batch), then
+    /// reports with [`SettleRecording::finish`].
+    pub(crate) fn start(self, ack: bool) -> SettleRecording {
+        let t = &self.telemetry;
         let operation = if ack { "ack" } else { "nack" };
         let span = self.span.as_ref().map(|parent| {
             tracing::info_span!(
@@ -460,26 +476,34 @@ impl Settlement {
                 error.type = Empty,
             )
         });
-        let settling = async {
-            if ack {
-                acker.ack().await
-            } else {
-                acker.nack().await
-            }
-        };
-        let result = match &span {
-            Some(span) => settling.instrument(span.clone()).await,
-            None => settling.await,
-        };
-        match (&result, &span) {
-            (Ok(()), _) if ack => t.acked.increment(1),
+        SettleRecording {
+            settlement: self,
+            span,
+            ack,
+        }
+    }
+}
+
+/// A settlement under way: its `settle` span (for a recorded trace) is open until
+/// [`finish`](Self::finish).
+pub(crate) struct SettleRecording {
+    settlement: Settlement,
+    span: Option<Span>,
+    ack: bool,
+}
+
+impl SettleRecording {
+    /// Counts the outcome, marks the span of a failure, and gives the in-flight gauge back.
+    pub(crate) fn finish(mut self, result: &Result<()>) {
+        let t = &self.settlement.telemetry;
+        match (result, &self.span) {
+            (Ok(()), _) if self.ack => t.acked.increment(1),
             (Ok(()), _) => t.nacked.increment(1),
             (Err(e), Some(span)) => mark_failed(span, e.kind()),
             (Err(_), None) => {}
         }
-        self.settled = true;
+        self.settlement.settled = true;
         t.in_flight.decrement(1.0);
-        result
     }
 }
 
