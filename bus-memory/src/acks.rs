@@ -142,7 +142,7 @@ async fn dead_letter(state: Arc<SubscriptionState>) {
             Ok(_) => {
                 bus_core::telemetry::dead_lettered(
                     BACKEND,
-                    &queued.message.topic,
+                    &state.topic,
                     state.options.name.as_str(),
                     &policy.topic,
                     queued.deliveries,

@@ -10,10 +10,10 @@ use bus_core::{Capabilities, Message, Publisher, Result, Topic};
 use crate::subscriber::SubscriptionState;
 use crate::{read, MemoryBackend, BACKEND, PER_MESSAGE_OVERHEAD};
 
-/// A message as every subscription of its topic holds it (one copy, shared).
+/// A message as every subscription of its topic holds it (one copy, shared). Its topic is the
+/// subscription's: a delivery takes it from there.
 pub(crate) struct StoredMessage {
     pub id: Arc<str>,
-    pub topic: Topic,
     pub message: Message,
     /// What it is charged against a subscription's `max_queued_bytes`.
     pub weight: u32,
@@ -55,8 +55,7 @@ impl MemoryBackend {
         }
         let stored = Arc::new(StoredMessage {
             id: Arc::from(id),
-            topic: topic.clone(),
-            message,
+            message: shared(message),
             weight,
         });
         for subscription in subscriptions.iter() {
@@ -99,12 +98,10 @@ impl MemoryBackend {
                     continue;
                 }
             }
-            let id: Arc<str> = Arc::from(id);
             results.push(Ok(id.to_string()));
             reserved.push(Arc::new(StoredMessage {
-                id,
-                topic: topic.clone(),
-                message,
+                id: Arc::from(id),
+                message: shared(message),
                 weight,
             }));
         }
@@ -153,6 +150,14 @@ fn store(subscriptions: &[Arc<SubscriptionState>], messages: &mut Vec<Arc<Stored
         subscription.enqueue(messages);
     }
     messages.clear();
+}
+
+/// `message` with its payload ready to be shared. A payload made from a `Vec` allocates its
+/// shared form on its first clone; cloning here makes the publisher pay for that, not the
+/// consumer, whose clone for each delivery is then only a count.
+fn shared(message: Message) -> Message {
+    let _shared = message.payload.clone();
+    message
 }
 
 fn message_weight(message: &Message) -> u32 {

@@ -52,6 +52,9 @@ pub(crate) struct SubscriptionState {
     pub broker: Weak<BrokerInner>,
     /// Itself, for the dead-letter task it starts while settling through `&self`.
     pub this: Weak<SubscriptionState>,
+    /// The topic, a copy of its own: deliveries count their references to it here, apart from
+    /// the publishers' (a shared count would pass between the cores with every message).
+    pub topic: Topic,
     pub options: SubscriptionOptions,
     pub queue: Mutex<Queue>,
     /// Signalled when a message becomes ready.
@@ -94,11 +97,17 @@ impl Queue {
 }
 
 impl SubscriptionState {
-    fn new(broker: &MemoryBackend, options: SubscriptionOptions) -> Arc<Self> {
+    fn new(
+        broker: &MemoryBackend,
+        topic: &Topic,
+        options: SubscriptionOptions,
+    ) -> Result<Arc<Self>> {
         let max_queued_bytes = broker.inner.config.max_queued_bytes;
-        Arc::new_cyclic(|this| SubscriptionState {
+        let topic = Topic::new(topic.as_str())?;
+        Ok(Arc::new_cyclic(|this| SubscriptionState {
             broker: Arc::downgrade(&broker.inner),
             this: this.clone(),
+            topic,
             options,
             queue: Mutex::default(),
             ready: Notify::new(),
@@ -106,7 +115,7 @@ impl SubscriptionState {
             max_queued_bytes,
             dead: Mutex::default(),
             dead_letter_running: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// Waits for `weight` bytes of room, for at most `timeout`.
@@ -226,7 +235,7 @@ impl SubscriptionState {
                 queued.message.message.clone(),
                 queued.message.id.clone(),
                 queued.deliveries,
-                queued.message.topic.clone(),
+                self.topic.clone(),
                 self.clone(),
                 tag,
             ));
@@ -288,10 +297,14 @@ impl Subscriber for MemorySubscriber {
             .admit(BACKEND, &inner.capabilities, &options)?;
         let topic_state = self.broker.topic(topic);
         let mut subscriptions = write(&topic_state.subscriptions);
-        let state = subscriptions
-            .entry(options.name.as_str().to_string())
-            .or_insert_with(|| SubscriptionState::new(&self.broker, options.clone()))
-            .clone();
+        let state = match subscriptions.get(options.name.as_str()) {
+            Some(state) => state.clone(),
+            None => {
+                let state = SubscriptionState::new(&self.broker, topic, options.clone())?;
+                subscriptions.insert(options.name.as_str().to_string(), state.clone());
+                state
+            }
+        };
         if read(&topic_state.fan_out).len() != subscriptions.len() {
             *write(&topic_state.fan_out) = subscriptions.values().cloned().collect();
         }
