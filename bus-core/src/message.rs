@@ -109,7 +109,8 @@ impl From<String> for Message {
 /// [`Delivery::ack`] and [`Delivery::nack`]; users never call it directly.
 ///
 /// Implementations must be idempotent: a second call for the same delivery (for example after a
-/// redelivery of the same message was already acked) must not fail.
+/// redelivery of the same message was already acked) must not fail. A backend whose broker
+/// settles many deliveries at once implements [`BatchAcker`] instead.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Acker: Send + Sync + 'static {
