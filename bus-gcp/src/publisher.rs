@@ -18,12 +18,13 @@ pub struct GcpPublisher {
     backend: GcpBackend,
     /// The batching client of each topic published to, made (and the topic ensured) on the
     /// first publish, so that later publishes neither format its path nor look it up twice.
-    topics: Mutex<HashMap<Topic, TopicClient, foldhash::fast::RandomState>>,
+    /// Shared by the publishes in flight (one reference count each, where a cloned client
+    /// would count its channel's and its own).
+    topics: Mutex<HashMap<Topic, Arc<TopicClient>, foldhash::fast::RandomState>>,
     gate: PublishGate,
 }
 
 /// A topic's Pub/Sub path and its batching client.
-#[derive(Clone)]
 struct TopicClient {
     path: Arc<str>,
     publisher: PubSubPublisher,
@@ -49,13 +50,13 @@ impl GcpPublisher {
 
     /// The batching client for `topic`: the one made before, or a new one once the topic is
     /// ensured (created, when provisioning).
-    async fn topic_client(&self, topic: &Topic) -> Result<TopicClient> {
+    async fn topic_client(&self, topic: &Topic) -> Result<Arc<TopicClient>> {
         if let Some(client) = lock(&self.topics).get(topic) {
             return Ok(client.clone());
         }
         let path = self.backend.ensure_topic(topic).await?;
         let delay = Duration::from_millis(self.backend.inner.config.publish_batch_delay_ms);
-        let made = TopicClient {
+        let made = Arc::new(TopicClient {
             publisher: self
                 .backend
                 .inner
@@ -64,7 +65,7 @@ impl GcpPublisher {
                 .set_delay_threshold(delay)
                 .build(),
             path: path.into(),
-        };
+        });
         // A publish racing this one may have made one first: every publish uses that one.
         Ok(lock(&self.topics)
             .entry(topic.clone())
