@@ -173,8 +173,10 @@ pub async fn batch_keeps_order(target: &Target) -> Outcome {
     Outcome::Passed
 }
 
-/// Of a received batch, half is acked with `ack_all` and half nacked with `nack_all`: exactly
-/// the nacked ones come back.
+/// Two subscriptions get the same ten messages; one `ack_all` takes half of each
+/// subscription's deliveries and one `nack_all` the other half (the halves crossed): exactly
+/// the nacked ones come back, each on its own subscription. A call mixes deliveries of two
+/// subscriptions, as a service draining several subscriptions does.
 pub async fn batch_settles_only_what_was_asked(target: &Target) -> Outcome {
     let limit = target.receive_timeout();
     let Fixture {
@@ -182,37 +184,50 @@ pub async fn batch_settles_only_what_was_asked(target: &Target) -> Outcome {
         subscriber,
         topic,
     } = Fixture::new(target, "batch_settle").await;
-    let subscription = subscribe(&*subscriber, &topic, &fresh_options("settle")).await;
+    let first = subscribe(&*subscriber, &topic, &fresh_options("settle-a")).await;
+    let second = subscribe(&*subscriber, &topic, &fresh_options("settle-b")).await;
     let batch: Vec<Message> = (0..10).map(|n| Message::new(format!("m{n}"))).collect();
     for result in publisher.publish_batch(&topic, batch).await {
         result.expect("publish_batch");
     }
-    let received = receive_batches(limit, &*subscription, 10, 10, "the batch").await;
     let (mut to_ack, mut to_nack) = (Vec::new(), Vec::new());
-    for (i, delivery) in received.into_iter().enumerate() {
-        if i % 2 == 0 {
-            to_ack.push(delivery);
-        } else {
-            to_nack.push(delivery);
+    let mut nacked: [HashSet<String>; 2] = Default::default();
+    for (which, subscription) in [&first, &second].into_iter().enumerate() {
+        let received = receive_batches(limit, &**subscription, 10, 10, "the batch").await;
+        for (i, delivery) in received.into_iter().enumerate() {
+            // The first subscription acks its even deliveries, the second its odd ones.
+            if i % 2 == which {
+                to_ack.push(delivery);
+            } else {
+                nacked[which].insert(delivery.id().to_string());
+                to_nack.push(delivery);
+            }
         }
     }
-    let nacked: HashSet<String> = to_nack.iter().map(|d| d.id().to_string()).collect();
     for result in ack_all(to_ack).await {
         result.expect("ack_all");
     }
     for result in nack_all(to_nack).await {
         result.expect("nack_all");
     }
-    let again = receive_batches(limit, &*subscription, 5, 10, "the nacked messages").await;
-    let back: HashSet<String> = again.iter().map(|d| d.id().to_string()).collect();
-    assert_eq!(back, nacked, "exactly the nacked messages come back");
-    for delivery in &again {
-        assert!(delivery.attempt() >= 2, "a redelivery has attempt > 1");
+    for (which, subscription) in [&first, &second].into_iter().enumerate() {
+        let again = receive_batches(limit, &**subscription, 5, 10, "the nacked messages").await;
+        let back: HashSet<String> = again.iter().map(|d| d.id().to_string()).collect();
+        assert_eq!(
+            back, nacked[which],
+            "exactly the messages nacked on subscription {which} come back to it"
+        );
+        for delivery in &again {
+            assert!(delivery.attempt() >= 2, "a redelivery has attempt > 1");
+        }
+        for result in ack_all(again).await {
+            result.expect("ack_all");
+        }
     }
-    for result in ack_all(again).await {
-        result.expect("ack_all");
-    }
-    expect_nothing(&*subscription, QUIET_PERIOD, "everything settled").await;
+    futures::join!(
+        expect_nothing(&*first, QUIET_PERIOD, "everything settled"),
+        expect_nothing(&*second, QUIET_PERIOD, "everything settled"),
+    );
     Outcome::Passed
 }
 
