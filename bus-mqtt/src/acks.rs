@@ -5,11 +5,11 @@
 //! maximum, to the dead-letter topic — and only after the broker confirmed that is the original
 //! PUBACKed. A crash in between gives a duplicate, never a loss.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bus_core::{Acker, Error, ErrorKind, Result};
+use bus_core::{BatchAcker, Error, ErrorKind, Result};
 use tokio::time::Instant;
 
 use crate::connect::{lock, qos, Matched};
@@ -17,26 +17,30 @@ use crate::publisher::message_properties;
 use crate::subscriber::{Consumer, InFlight, Received};
 use crate::BACKEND;
 
-/// Settles one delivery of a [`Consumer`].
-pub(crate) struct MqttAcker {
-    consumer: Arc<Consumer>,
-    tag: u64,
-}
-
-impl MqttAcker {
-    pub(crate) fn new(consumer: Arc<Consumer>, tag: u64) -> Self {
-        MqttAcker { consumer, tag }
-    }
-}
-
+/// A consumer settles its own deliveries, each by the tag it was delivered with: no acker per
+/// delivery, and a batch's PUBACKs go out back to back without a future per delivery.
 #[async_trait]
-impl Acker for MqttAcker {
-    async fn ack(&self) -> Result<()> {
-        self.consumer.ack(self.tag).await
+impl BatchAcker for Consumer {
+    async fn settle(&self, tag: u64, ack: bool) -> Result<()> {
+        if ack {
+            self.ack(tag).await
+        } else {
+            self.redeliver(tag).await
+        }
     }
 
-    async fn nack(&self) -> Result<()> {
-        self.consumer.redeliver(self.tag).await
+    /// PUBACKs one after the other (they share the connection's queue, in order); nacks
+    /// concurrently, as each waits for the broker to confirm its retry publish.
+    async fn settle_all(&self, tags: &[u64], ack: bool) -> Vec<Result<()>> {
+        if ack {
+            let mut results = Vec::with_capacity(tags.len());
+            for tag in tags {
+                results.push(self.ack(*tag).await);
+            }
+            results
+        } else {
+            futures::future::join_all(tags.iter().map(|tag| self.redeliver(*tag))).await
+        }
     }
 }
 

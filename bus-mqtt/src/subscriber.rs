@@ -31,7 +31,7 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::acks::{sweep_deadlines, MqttAcker};
+use crate::acks::sweep_deadlines;
 use crate::connect::{lock, qos, Connection, Handler, Session};
 use crate::reserved::{self, Reserved, SlotEntry, SlotState, SubscriptionKey};
 use crate::{Shared, ATTEMPT_PROPERTY, BACKEND, CONTENT_TYPE_ATTRIBUTE, ID_PROPERTY, KEY_PROPERTY};
@@ -793,12 +793,13 @@ impl Consumer {
         let (message, id, attempt) = decode(&mut received.publish);
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.options.ack_deadline;
-        let delivery = Delivery::new(
+        let delivery = Delivery::tagged(
             message.clone(),
             id.clone(),
             attempt,
             self.key.topic.clone(),
-            Box::new(MqttAcker::new(self.clone(), tag)),
+            self.clone(),
+            tag,
         );
         lock(&self.in_flight).insert(
             tag,
