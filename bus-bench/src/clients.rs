@@ -255,6 +255,11 @@ async fn across(
             _ => format!("bench-{copy}"),
         };
         let options = SubscriptionOptions::new(name).expect("name");
+        // Publish only: no subscription, so the broker keeps nothing (the emulator would hold
+        // every run's messages in memory); the topic is made on the first publish.
+        if params.publish_only {
+            continue;
+        }
         for _ in 0..params.consumers {
             let subscription = connection
                 .subscriber
@@ -323,8 +328,7 @@ async fn across(
             })
         })
         .collect();
-    let (published, delivered) =
-        published_and_delivered(start, publishers, &tracker, params.idle_timeout).await;
+    let (published, delivered) = published_and_delivered(start, publishers, &tracker, params).await;
     for (_, consumer) in &consumers {
         let _ = consumer.close().await;
     }
@@ -344,19 +348,28 @@ async fn across(
     tracker.finish((to.backend(), "bus"), params, published, delivered)
 }
 
-/// Awaits every publishing task, then every message (or `idle` without progress): how long
-/// after `start` the last publish was confirmed and the last message arrived.
+/// Awaits every publishing task, then every message (or the idle timeout without progress;
+/// nothing for a publish-only run): how long after `start` the last publish was confirmed and
+/// the last message arrived (zero for a publish-only run).
 async fn published_and_delivered(
     start: Instant,
     publishers: Vec<tokio::task::JoinHandle<()>>,
     tracker: &Tracker,
-    idle: Duration,
+    params: &Params,
 ) -> (Duration, Duration) {
     for task in publishers {
         task.await.expect("publisher task");
     }
     let published = start.elapsed();
-    wait_until(|| tracker.complete(), || tracker.distinct(), idle).await;
+    if params.publish_only {
+        return (published, Duration::ZERO);
+    }
+    wait_until(
+        || tracker.complete(),
+        || tracker.distinct(),
+        params.idle_timeout,
+    )
+    .await;
     (published, start.elapsed())
 }
 
@@ -635,14 +648,30 @@ pub async fn raw_gcp(host: &str, params: &Params) -> BenchResult {
         .expect("connect");
     let topic = Topic::new(format!("bench/raw-{run}")).expect("topic");
     let options = SubscriptionOptions::new("bench").expect("name");
-    // The admin API only: a consumer attached and closed here would leave a phantom stream
-    // on the emulator, competing with the raw stream measured below.
-    bus::Backend::subscriber(&backend)
-        .create_subscription(&topic, options.clone())
-        .await
-        .expect("provision");
     let endpoint = format!("http://{host}");
     let anonymous = || google_cloud_auth_anonymous();
+    if params.publish_only {
+        // The topic alone, as bus makes it on its first publish: no subscription keeps the
+        // messages.
+        google_cloud_pubsub::client::TopicAdmin::builder()
+            .with_endpoint(endpoint.clone())
+            .with_credentials(anonymous())
+            .build()
+            .await
+            .expect("raw topic admin")
+            .create_topic()
+            .set_name(backend.topic_path(&topic).expect("path"))
+            .send()
+            .await
+            .expect("create the topic");
+    } else {
+        // The admin API only: a consumer attached and closed here would leave a phantom
+        // stream on the emulator, competing with the raw stream measured below.
+        bus::Backend::subscriber(&backend)
+            .create_subscription(&topic, options.clone())
+            .await
+            .expect("provision");
+    }
     // Batched as bus batches (`gcp.publish_batch_delay_ms`, 1 ms unless set; the crate's own
     // default is 10 ms), so the two publish with the same latency budget.
     let publisher = RawPublisher::builder(backend.topic_path(&topic).expect("path"))
@@ -663,7 +692,12 @@ pub async fn raw_gcp(host: &str, params: &Params) -> BenchResult {
     let path = backend.subscription_path(&options, &topic).expect("path");
     let tracker = Arc::new(Tracker::new(params.messages, "gcp raw"));
     let mut shutdowns = Vec::new();
-    let consumers: Vec<_> = (0..params.streams.max(1))
+    let streams = if params.publish_only {
+        0
+    } else {
+        params.streams.max(1)
+    };
+    let consumers: Vec<_> = (0..streams)
         .map(|_| {
             let mut stream = subscriber.subscribe(path.clone()).build();
             shutdowns.push(stream.shutdown_token());
@@ -695,8 +729,7 @@ pub async fn raw_gcp(host: &str, params: &Params) -> BenchResult {
             })
         })
         .collect();
-    let (published, delivered) =
-        published_and_delivered(start, publishers, &tracker, params.idle_timeout).await;
+    let (published, delivered) = published_and_delivered(start, publishers, &tracker, params).await;
     for shutdown in &shutdowns {
         shutdown.shutdown().await;
     }

@@ -26,6 +26,7 @@ mod python;
 mod report;
 mod scenarios;
 mod soak;
+mod span_floor;
 mod telemetry_cost;
 
 pub use cli::{run, BenchCommand};

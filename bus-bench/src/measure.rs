@@ -34,6 +34,9 @@ pub struct Params {
     pub batch: usize,
     /// Subscriptions on the topic, each getting every message (bus client; fan-out).
     pub subscriptions: usize,
+    /// Publish only, to a topic without subscriptions (Pub/Sub): the publish path measured
+    /// without consumers on the same cores.
+    pub publish_only: bool,
 }
 
 impl Params {
@@ -51,6 +54,7 @@ impl Params {
             idle_timeout: Duration::from_secs(60),
             batch: 0,
             subscriptions: 1,
+            publish_only: false,
         }
     }
 }
@@ -199,7 +203,11 @@ impl Tracker {
             p50_us: percentile(0.50),
             p99_us: percentile(0.99),
             p999_us: percentile(0.999),
-            lost: self.counts.len() - delivered.min(self.counts.len()),
+            // A publish-only run receives nothing by design.
+            lost: match params.publish_only {
+                true => 0,
+                false => self.counts.len() - delivered.min(self.counts.len()),
+            },
             duplicates: self.duplicates.load(Ordering::Relaxed),
             runs: 1,
             e2e_min_msgs_per_s: None,
@@ -307,15 +315,8 @@ mod tests {
 
     fn params(messages: usize) -> Params {
         Params {
-            messages,
-            payload: 32,
-            publishers: 1,
-            consumers: 1,
-            qos: 1,
-            streams: 1,
             idle_timeout: Duration::from_secs(1),
-            batch: 0,
-            subscriptions: 1,
+            ..Params::new(messages, 32, 1)
         }
     }
 

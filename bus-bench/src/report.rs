@@ -56,15 +56,22 @@ pub fn table(results: &[BenchResult]) -> String {
                 && r.backend == bus.backend
                 && (r.in_flight == bus.in_flight || r.in_flight == 0)
         }) {
+            // A publish-only run (`--publish-only`) has no end-to-end rate.
+            let end_to_end = match bus.e2e_msgs_per_s {
+                0.0 => String::new(),
+                rate => format!(
+                    ", end-to-end {:.2}x",
+                    rate / other.e2e_msgs_per_s.max(f64::MIN_POSITIVE)
+                ),
+            };
             text.push_str(&format!(
-                "{} ({}) / {} ({}) at {} in flight, ratio of the medians: publish {:.2}x, end-to-end {:.2}x\n",
+                "{} ({}) / {} ({}) at {} in flight, ratio of the medians: publish {:.2}x{end_to_end}\n",
                 bus.client,
                 bus.variant,
                 other.client,
                 other.variant,
                 bus.in_flight,
                 bus.publish_msgs_per_s / other.publish_msgs_per_s.max(f64::MIN_POSITIVE),
-                bus.e2e_msgs_per_s / other.e2e_msgs_per_s.max(f64::MIN_POSITIVE),
             ));
         }
     }

@@ -161,15 +161,8 @@ pub async fn mosquitto_queue_limit(messages: usize, payload: usize) -> Vec<Queue
             Some(limit) => Mosquitto::start_with(move |_| format!("max_queued_messages {limit}\n")),
         };
         let params = Params {
-            messages,
-            payload,
-            publishers: 64,
-            consumers: 1,
-            qos: 1,
-            streams: 1,
             idle_timeout: Duration::from_secs(5),
-            batch: 0,
-            subscriptions: 1,
+            ..Params::new(messages, payload, 64)
         };
         let config = Broker::Mqtt {
             port: broker.port(),

@@ -82,15 +82,80 @@ pub async fn run(mode: TelemetryMode, port: u16, params: &Params) -> Result<Benc
     })
 }
 
+/// CPU seconds of a process (`None`: this one) so far, and of its children it waited for.
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> Result<(f64, f64), String> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    stat_cpu(&stat).ok_or_else(|| format!("{path}: unexpected contents"))
+}
+
+/// The name of the sink's threads.
+pub(crate) const SINK_THREAD: &str = "otlp-sink";
+
+/// CPU seconds of this process's live threads so far, leaving out the sink's.
+pub(crate) fn cpu_seconds_without_sink() -> Result<f64, String> {
+    let tasks =
+        std::fs::read_dir("/proc/self/task").map_err(|e| format!("/proc/self/task: {e}"))?;
+    let mut total = 0.0;
+    for task in tasks.map_while(Result::ok) {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() == SINK_THREAD {
+            continue;
+        }
+        // A thread that ended since the listing has nothing left to count.
+        if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
+            total += stat_cpu(&stat).map_or(0.0, |(own, _)| own);
+        }
+    }
+    Ok(total)
+}
+
+/// User and system CPU seconds, of the task and of its waited-for children, from a
+/// `/proc/.../stat` line.
+fn stat_cpu(stat: &str) -> Option<(f64, f64)> {
+    // The fields after the command name (which may hold spaces), from the state (field 3) on:
+    // utime, stime, cutime, cstime are fields 14 to 17, in clock ticks of 1/100 s on Linux.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+    match fields.get(10..14) {
+        Some([utime, stime, cutime, cstime]) => {
+            Some(((utime + stime) / 100.0, (cutime + cstime) / 100.0))
+        }
+        _ => None,
+    }
+}
+
 /// An OTLP/HTTP endpoint that accepts everything: counts requests and body bytes.
-struct Sink {
-    address: String,
+pub(crate) struct Sink {
+    pub(crate) address: String,
     requests: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
 }
 
 impl Sink {
-    fn start() -> Result<Sink, String> {
+    /// Requests taken so far.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Body bytes taken so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start() -> Result<Sink, String> {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let address = listener
             .local_addr()
@@ -98,12 +163,17 @@ impl Sink {
             .to_string();
         let (requests, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let counters = (requests.clone(), bytes.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let counters = counters.clone();
-                std::thread::spawn(move || serve(stream, &counters.0, &counters.1));
-            }
-        });
+        let named = || std::thread::Builder::new().name(SINK_THREAD.to_string());
+        named()
+            .spawn(move || {
+                for stream in listener.incoming().map_while(Result::ok) {
+                    let counters = counters.clone();
+                    if let Err(e) = named().spawn(move || serve(stream, &counters.0, &counters.1)) {
+                        eprintln!("the OTLP sink could not take a connection: {e}");
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
         Ok(Sink {
             address,
             requests,
@@ -208,12 +278,20 @@ pub async fn rounds(
     }
     let mut rates: [Vec<f64>; MODES.len()] = Default::default();
     let mut ratios: [Vec<f64>; MODES.len() - 1] = Default::default();
+    let mut client_cpus: [Vec<f64>; MODES.len()] = Default::default();
+    let mut broker_cpus: [Vec<f64>; MODES.len()] = Default::default();
     for round in 0..rounds.max(1) {
         let mut this_round = [0.0; MODES.len()];
         for step in 0..MODES.len() {
             let which = (round + step) % MODES.len();
             let mode = MODES[which];
+            let client_before = cpu_seconds(None)?.1;
+            let broker_before = broker_cpu(&mosquitto)?;
             let result = child(&program, mode, mosquitto.port(), &sink, &params)?;
+            let client_cpu = (cpu_seconds(None)?.1 - client_before) / messages as f64 * 1e6;
+            let broker_cpu = (broker_cpu(&mosquitto)? - broker_before) / messages as f64 * 1e6;
+            client_cpus[which].push(client_cpu);
+            broker_cpus[which].push(broker_cpu);
             if result.lost > 0 {
                 return Err(format!(
                     "{}: {} of {messages} messages lost",
@@ -222,7 +300,7 @@ pub async fn rounds(
                 ));
             }
             println!(
-                "round {}: {:<7} {:>9.0} msg/s end to end, p50 {:>7} us, p99 {:>8} us",
+                "round {}: {:<7} {:>9.0} msg/s end to end, p50 {:>7} us, p99 {:>8} us, CPU per message: client {client_cpu:.1} us, broker {broker_cpu:.1} us",
                 round + 1,
                 mode.name(),
                 result.e2e_msgs_per_s,
@@ -239,10 +317,12 @@ pub async fn rounds(
         }
     }
     println!();
-    for (mode, rates) in MODES.iter().zip(rates) {
-        let (median, low, high) = median_and_spread(rates);
+    for (which, mode) in MODES.iter().enumerate() {
+        let (median, low, high) = median_and_spread(rates[which].clone());
+        let (client, client_low, client_high) = median_and_spread(client_cpus[which].clone());
+        let (broker, ..) = median_and_spread(broker_cpus[which].clone());
         println!(
-            "{:<7} median {median:>9.0} msg/s (min {low:.0}, max {high:.0})",
+            "{:<7} median {median:>9.0} msg/s (min {low:.0}, max {high:.0}); CPU per message: client {client:.1} us ({client_low:.1}-{client_high:.1}), broker {broker:.1} us",
             mode.name()
         );
     }
@@ -257,8 +337,37 @@ pub async fn rounds(
     println!(
         "{} rounds of {messages} messages of {payload} B, MQTT QoS 1, {publishers} in flight; sampled keeps {SAMPLED_RATIO} of traces; the OTLP sink took {} requests, {} bytes",
         rounds.max(1),
-        sink.requests.load(Ordering::Relaxed),
-        sink.bytes.load(Ordering::Relaxed)
+        sink.requests(),
+        sink.bytes()
     );
     Ok(())
+}
+
+/// The broker's CPU seconds so far.
+fn broker_cpu(mosquitto: &Mosquitto) -> Result<f64, String> {
+    let pid = mosquitto
+        .pid()
+        .ok_or_else(|| "the benchmark's Mosquitto is not running".to_string())?;
+    Ok(cpu_seconds(Some(pid))?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_times_are_read_past_a_command_name_with_spaces_and_parentheses() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime cutime cstime ...
+        let stat = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 120 0 0 0 250 50 700 100 20 0 3";
+        assert_eq!(stat_cpu(stat), Some((3.0, 8.0)));
+        assert_eq!(stat_cpu("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_cpu_time() {
+        let (own, children) = cpu_seconds(None).expect("/proc/self/stat");
+        assert!(own >= 0.0 && children >= 0.0);
+        assert!(cpu_seconds_without_sink().expect("/proc/self/task") >= 0.0);
+    }
 }

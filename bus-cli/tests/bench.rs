@@ -309,3 +309,92 @@ fn the_scaling_chart_draws_a_line_per_backend_and_client_from_run_results() {
         .count();
     assert_eq!(lines, 2 * 2 * 2, "{svg}");
 }
+
+#[test]
+fn publish_only_on_pubsub_measures_publishes_and_reports_no_end_to_end_figure() {
+    let out = bench(&[
+        "compare",
+        "--backend",
+        "gcp",
+        "--messages",
+        "1000",
+        "--streams",
+        "1",
+        "--publish-only",
+        "--runs",
+        "1",
+        "--no-python",
+        "--json",
+    ]);
+    let lines = json_lines(&out);
+    let clients: Vec<_> = lines
+        .iter()
+        .map(|l| l["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients, ["bus", "raw"], "{out}");
+    for line in &lines {
+        assert!(line["publish_msgs_per_s"].as_f64().unwrap() > 0.0, "{line}");
+        assert_eq!(line["e2e_msgs_per_s"].as_f64(), Some(0.0), "{line}");
+        assert_eq!(line["lost"], 0, "{line}");
+    }
+    let table = bench(&[
+        "compare",
+        "--backend",
+        "gcp",
+        "--messages",
+        "500",
+        "--streams",
+        "1",
+        "--publish-only",
+        "--runs",
+        "1",
+        "--no-python",
+    ]);
+    assert!(table.contains("publish at 1024 in flight"), "{table}");
+    assert!(!table.contains("end to end at"), "{table}");
+}
+
+#[test]
+fn publish_only_is_refused_off_pubsub_with_the_flag_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bus"))
+        .args(["bench", "run", "--backend", "mqtt", "--client", "bus"])
+        .args(["--messages", "10", "--publish-only"])
+        .output()
+        .expect("run bus bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--publish-only is for --backend gcp only"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn spans_prints_the_cpu_per_message_of_each_way_of_recording_and_exports_to_the_sink() {
+    let out = bench(&["spans", "--messages", "2000", "--rounds", "1"]);
+    for mode in [
+        "tracing, recorded",
+        "sdk, recorded",
+        "tracing, OTLP",
+        "sdk, OTLP",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(mode) && l.contains("median"))
+            .unwrap_or_else(|| panic!("no median for {mode}: {out}"));
+        let micros: f64 = line
+            .split_whitespace()
+            .skip_while(|w| *w != "median")
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {line:?}"));
+        assert!(micros >= 0.0, "{line}");
+    }
+    let requests: u64 = out
+        .split("the OTLP sink took ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sink count: {out}"));
+    assert!(requests > 0, "the exporting modes sent nothing: {out}");
+}
