@@ -310,22 +310,16 @@ fn the_scaling_chart_draws_a_line_per_backend_and_client_from_run_results() {
     assert_eq!(lines, 2 * 2 * 2, "{svg}");
 }
 
+/// `bench` with its arguments written as one line.
+fn bench_line(args: &str) -> String {
+    bench(&args.split_whitespace().collect::<Vec<_>>())
+}
+
 #[test]
 fn publish_only_on_pubsub_measures_publishes_and_reports_no_end_to_end_figure() {
-    let out = bench(&[
-        "compare",
-        "--backend",
-        "gcp",
-        "--messages",
-        "1000",
-        "--streams",
-        "1",
-        "--publish-only",
-        "--runs",
-        "1",
-        "--no-python",
-        "--json",
-    ]);
+    let out = bench_line(
+        "compare --backend gcp --messages 1000 --streams 1 --publish-only --runs 1 --no-python --json",
+    );
     let lines = json_lines(&out);
     let clients: Vec<_> = lines
         .iter()
@@ -337,19 +331,9 @@ fn publish_only_on_pubsub_measures_publishes_and_reports_no_end_to_end_figure() 
         assert_eq!(line["e2e_msgs_per_s"].as_f64(), Some(0.0), "{line}");
         assert_eq!(line["lost"], 0, "{line}");
     }
-    let table = bench(&[
-        "compare",
-        "--backend",
-        "gcp",
-        "--messages",
-        "500",
-        "--streams",
-        "1",
-        "--publish-only",
-        "--runs",
-        "1",
-        "--no-python",
-    ]);
+    let table = bench_line(
+        "compare --backend gcp --messages 500 --streams 1 --publish-only --runs 1 --no-python",
+    );
     assert!(table.contains("publish at 1024 in flight"), "{table}");
     assert!(!table.contains("end to end at"), "{table}");
 }
@@ -371,7 +355,7 @@ fn publish_only_is_refused_off_pubsub_with_the_flag_named() {
 
 #[test]
 fn spans_prints_the_cpu_per_message_of_each_way_of_recording_and_exports_to_the_sink() {
-    let out = bench(&["spans", "--messages", "2000", "--rounds", "1"]);
+    let out = bench_line("spans --messages 2000 --rounds 1");
     for mode in [
         "tracing, recorded",
         "sdk, recorded",

@@ -400,9 +400,10 @@ async fn settle(settler: &Settler, settlement: Option<Settlement>, ack: bool) ->
 
 /// Acks every delivery of `deliveries` at once and returns one result per delivery, in order.
 /// Deliveries that share a [`BatchAcker`] are settled in one step per acker (the in-memory
-/// broker takes its lock once); the others are settled concurrently, which the backends turn
-/// into few requests (one for several on Pub/Sub, back to back on MQTT). Nothing else is
-/// acked: deliveries of the same batch that are not passed here stay unsettled.
+/// broker takes its lock once, an MQTT consumer sends its PUBACKs back to back); the others
+/// are settled concurrently, which the backend turns into few requests (one for several on
+/// Pub/Sub). Nothing else is acked: deliveries of the same batch that are not passed here
+/// stay unsettled.
 pub async fn ack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Vec<Result<()>> {
     settle_all(deliveries, true).await
 }
