@@ -396,11 +396,11 @@ impl Common {
             ));
         }
         if self.publish_only && self.backend != Backend::Gcp {
+            let backend = self.backend.to_possible_value();
             return Err(format!(
-                "--publish-only is for --backend gcp only, not {:?}: an MQTT publish is confirmed against the subscriptions that hold it, and the raw in-memory channel would fill; leave it out",
-                self.backend
-            )
-            .to_lowercase());
+                "--publish-only is for --backend gcp only, not {}: an MQTT publish is confirmed against the subscriptions that hold it, and the raw in-memory channel would fill; leave it out",
+                backend.as_ref().map_or("", |v| v.get_name())
+            ));
         }
         let messages = self.messages.unwrap_or(match self.backend {
             Backend::Memory => 1_000_000,

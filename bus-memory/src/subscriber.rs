@@ -97,14 +97,11 @@ impl Queue {
 }
 
 impl SubscriptionState {
-    fn new(
-        broker: &MemoryBackend,
-        topic: &Topic,
-        options: SubscriptionOptions,
-    ) -> Result<Arc<Self>> {
+    fn new(broker: &MemoryBackend, topic: &Topic, options: SubscriptionOptions) -> Arc<Self> {
         let max_queued_bytes = broker.inner.config.max_queued_bytes;
-        let topic = Topic::new(topic.as_str())?;
-        Ok(Arc::new_cyclic(|this| SubscriptionState {
+        // A name that is a topic already passes again; the fallback only keeps this infallible.
+        let topic = Topic::new(topic.as_str()).unwrap_or_else(|_| topic.clone());
+        Arc::new_cyclic(|this| SubscriptionState {
             broker: Arc::downgrade(&broker.inner),
             this: this.clone(),
             topic,
@@ -115,7 +112,7 @@ impl SubscriptionState {
             max_queued_bytes,
             dead: Mutex::default(),
             dead_letter_running: AtomicBool::new(false),
-        }))
+        })
     }
 
     /// Waits for `weight` bytes of room, for at most `timeout`.
@@ -297,14 +294,10 @@ impl Subscriber for MemorySubscriber {
             .admit(BACKEND, &inner.capabilities, &options)?;
         let topic_state = self.broker.topic(topic);
         let mut subscriptions = write(&topic_state.subscriptions);
-        let state = match subscriptions.get(options.name.as_str()) {
-            Some(state) => state.clone(),
-            None => {
-                let state = SubscriptionState::new(&self.broker, topic, options.clone())?;
-                subscriptions.insert(options.name.as_str().to_string(), state.clone());
-                state
-            }
-        };
+        let state = subscriptions
+            .entry(options.name.as_str().to_string())
+            .or_insert_with(|| SubscriptionState::new(&self.broker, topic, options.clone()))
+            .clone();
         if read(&topic_state.fan_out).len() != subscriptions.len() {
             *write(&topic_state.fan_out) = subscriptions.values().cloned().collect();
         }
